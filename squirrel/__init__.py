@@ -1,0 +1,1 @@
+"""The `squirrel` command: a thin face that dispatches to the agent's packages."""

@@ -1,0 +1,3 @@
+from squirrel.cli import main
+
+raise SystemExit(main())

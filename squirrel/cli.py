@@ -1,0 +1,68 @@
+"""`squirrel <command> [<subcommand>] [options]`: dispatch to the packages, lazily.
+
+Each command is a `module:function` taking the remaining argv; the module parses it with its own
+config dataclass (one per entry point, fields documented for `--help`). Imports are lazy so that
+`squirrel doctor` stays fast and never needs torch or a display.
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import sys
+
+from squirrel.errors import UserError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("squirrel.doctor:main", "check the machine: display, XTest, capture, Qt, torch, MiniLM"),
+    "tasks": ("agent.tasks.cli:main", "list every available task with its source"),
+    "playground": ("agent.playground_cli:main", "show the playground tasks on a display, solved by their oracle"),
+}
+BENCH: dict[str, tuple[str, str]] = {
+    "env": ("agent.bench_env:main", "desktop env: oracle success and speed, settle/capture/action ms"),
+    "perception": ("perception.bench:main", "capture, preprocessing, encoder and instruction-encoder speed"),
+    "memory": ("memory.bench:main", "kNN query latency, insert throughput, database size"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: squirrel <command> [options]   (squirrel <command> --help for its options)", "", "commands:"]
+    for name, (_, doc) in COMMANDS.items():
+        lines.append(f"  {name:<12} {doc}")
+    lines.append(f"  {'bench':<12} benchmarks writing JSON: {', '.join(BENCH)}")
+    return "\n".join(lines)
+
+
+def _load(target: str):
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "bench":
+        if not rest or rest[0] not in BENCH:
+            print("usage: squirrel bench <name> [--json PATH]\n\nbenchmarks:")
+            for name, (_, doc) in BENCH.items():
+                print(f"  {name:<12} {doc}")
+            return 0 if rest and rest[0] in ("-h", "--help") else 2
+        target, prog, rest = BENCH[rest[0]][0], f"squirrel bench {rest[0]}", rest[1:]
+    elif cmd in COMMANDS:
+        target, prog = COMMANDS[cmd][0], f"squirrel {cmd}"
+    else:
+        print(f"squirrel: unknown command {cmd!r}.\n\n{_usage()}", file=sys.stderr)
+        return 2
+    # SIGTERM behaves like Ctrl-C, so every command's cleanup (displays, checkpoints) runs.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        return int(_load(target)(rest, prog) or 0)
+    except UserError as e:
+        print(f"squirrel: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("squirrel: stopped.", file=sys.stderr)
+        return 130

@@ -1,0 +1,26 @@
+"""Shared fixtures. Every display a test uses is started by the test and stopped after it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+# Qt aborts the whole process with neither DISPLAY nor a platform set; panel tests run offscreen.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def xdisplay(monkeypatch):
+    """A private Xvfb display for this test only (DISPLAY and XAUTHORITY point at it)."""
+    if shutil.which("Xvfb") is None:
+        pytest.fail("Xvfb is not installed; run scripts/setup")
+    from agent.display import VirtualDisplay
+
+    with VirtualDisplay() as vd:
+        monkeypatch.setenv("DISPLAY", vd.name)
+        monkeypatch.setenv("XAUTHORITY", vd.xauthority)
+        yield vd
