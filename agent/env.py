@@ -10,6 +10,7 @@ instruction text and the cursor; reward +1 success / -1 failure minus a small st
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -49,6 +50,9 @@ class Desktop:
         self.host = PlaygroundHost(env) if playground else None
         self.tasks = [t["name"] for t in self.host.call("tasks")["tasks"]] if self.host else []
 
+    def __deepcopy__(self, memo) -> "Desktop":
+        return self  # a shared resource (gymnasium deep-copies make() kwargs into the spec)
+
     def close(self) -> None:
         for part in (self.host, self.capture, self.actuator):
             if part is not None:
@@ -65,47 +69,46 @@ class Desktop:
         self.close()
 
 
-class DesktopEnv(gym.Env):
+class ScreenEnv(gym.Env, ABC):
+    """Acting on one window of a desktop: the parts every task source shares.
+
+    Subclasses start the task (`_start_task`) and say whether it is over (`_status`).
+    """
+
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
 
-    def __init__(self, task: str = "click-button", size: str = "small", desktop: Desktop | None = None,
-                 display: str | None = None, step_cost: float = 0.01, settle: SettleConfig | None = None,
-                 render_mode: str | None = None):
-        if size not in SIZES:
-            raise ValueError(f"size must be one of {list(SIZES)}")
-        self.task, self.size, self.step_cost = task, size, step_cost
-        self.settle_cfg = settle or SettleConfig()
-        self.render_mode = render_mode
-        self._own_desktop = desktop is None
-        self.desktop = desktop or Desktop(display)
-        if task not in self.desktop.tasks:
-            self.close()
-            raise ValueError(f"unknown playground task {task!r}; see `squirrel tasks`")
-        self.width, self.height = SIZES[size]
-        self.observation_space = observation_space(self.width, self.height)
-        self.action_space = action_space(self.width, self.height)
+    def __init__(self, desktop: Desktop, own_desktop: bool, width: int, height: int, step_cost: float,
+                 settle: SettleConfig, render_mode: str | None):
+        self.desktop, self._own_desktop = desktop, own_desktop
+        self.width, self.height, self.step_cost = width, height, step_cost
+        self.settle_cfg, self.render_mode = settle, render_mode
+        self.observation_space = observation_space(width, height)
+        self.action_space = action_space(width, height)
         self.instruction, self.origin = "", (0, 0)
         self.max_steps, self.steps = 1, 0
-        self.frame = np.zeros((self.height, self.width, 3), np.uint8)
-        self.last_settle_ms = self.last_capture_ms = self.last_action_ms = 0.0
+        self.frame = np.zeros((height, width, 3), np.uint8)
+        self.last_settle_ms = self.last_capture_ms = self.last_action_ms = self.last_sync_ms = 0.0
+
+    @abstractmethod
+    def _start_task(self, seed: int, options: dict | None) -> tuple[str, tuple[int, int], int]:
+        """Start an episode: (instruction, window origin on the screen, step budget)."""
+
+    @abstractmethod
+    def _status(self, a: Action | None) -> dict:
+        """After action `a` (None: just let the app catch up): {"done": bool, "success": bool | None}."""
 
     # -- gymnasium API ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        if options and "task" in options:
-            if options["task"] not in self.desktop.tasks:
-                raise ValueError(f"unknown playground task {options['task']!r}")
-            self.task = options["task"]
         if seed is None:
             seed = int(self.np_random.integers(0, 2**31 - 1))
-        r = self.desktop.host.call("reset", task=self.task, seed=int(seed), size=self.size)
-        self.instruction, self.max_steps, self.steps = r["instruction"], r["max_steps"], 0
-        x, y, _, _ = r["window"]
-        self.origin = (x, y)
+        self.instruction, self.origin, self.max_steps = self._start_task(int(seed), options)
+        self.steps = 0
+        x, y = self.origin
         # The pointer rests outside the window, so hover effects never depend on the last episode.
         self.desktop.actuator.move(x + self.width + 20, y + self.height + 20)
         self.desktop.actuator.sync()
-        self.desktop.host.call("sync")
+        self._status(None)  # let the app catch up before the first frame
         self.frame = self._settle()
         return self._obs(), self._info(done=False, success=None)
 
@@ -115,12 +118,16 @@ class DesktopEnv(gym.Env):
         t = time.perf_counter()
         typed = self._act(a)
         self.last_action_ms = (time.perf_counter() - t) * 1e3
-        status = self.desktop.host.call("judge" if a.type == ActionType.DONE else "sync")
+        t = time.perf_counter()
+        status = self._status(a)
+        self.last_sync_ms = (time.perf_counter() - t) * 1e3
         self.frame = self._settle()
         terminated = bool(status["done"])
-        reward = -self.step_cost + ((1.0 if status["success"] else -1.0) if terminated else 0.0)
+        reward = -self.step_cost + ((1.0 if status["success"] else -1.0 if status["success"] is False else 0.0)
+                                    if terminated else 0.0)
         truncated = not terminated and self.steps >= self.max_steps
         info = self._info(done=terminated, success=status["success"])
+        info.update({k: v for k, v in status.items() if k not in ("done", "success")})
         if typed is None and a.type == ActionType.TYPE:
             info["invalid_span"] = True
         return self._obs(), reward, terminated, truncated, info
@@ -141,15 +148,10 @@ class DesktopEnv(gym.Env):
             self.desktop.close()
             self.desktop = None
 
-    # -- parts -----------------------------------------------------------------------------------
-    def oracle_action(self) -> Action | None:
-        """The scripted solver's next action, from the app's ground-truth geometry (diagnostics only)."""
-        d = self.desktop.host.call("oracle")["action"]
-        return None if d is None else Action.from_dict(d)
-
     def window_rect(self) -> tuple[int, int, int, int]:
         return (*self.origin, self.width, self.height)
 
+    # -- parts -----------------------------------------------------------------------------------
     def _act(self, a: Action) -> str | None:
         act, (ox, oy) = self.desktop.actuator, self.origin
         if a.type in (ActionType.CLICK, ActionType.DOUBLE_CLICK, ActionType.RIGHT_CLICK):
@@ -197,5 +199,42 @@ class DesktopEnv(gym.Env):
         return {"screen": self.frame.copy(), "instruction": self.instruction, "cursor": self._cursor()}
 
     def _info(self, done: bool, success: bool | None) -> dict:
-        return {"task": self.task, "success": success, "steps": self.steps, "max_steps": self.max_steps,
-                "settle_ms": self.last_settle_ms, "capture_ms": self.last_capture_ms, "action_ms": self.last_action_ms}
+        return {"task": self.task, "success": success, "steps": self.steps, "max_steps": self.max_steps}
+
+    def timings(self) -> dict:
+        """Milliseconds spent in the last step's parts (kept out of `info`, which must be deterministic)."""
+        return {"settle_ms": self.last_settle_ms, "capture_ms": self.last_capture_ms,
+                "action_ms": self.last_action_ms, "sync_ms": self.last_sync_ms}
+
+
+class DesktopEnv(ScreenEnv):
+    """A playground task (playground/tasks.py) on a desktop."""
+
+    def __init__(self, task: str = "click-button", size: str = "small", desktop: Desktop | None = None,
+                 display: str | None = None, step_cost: float = 0.01, settle: SettleConfig | None = None,
+                 render_mode: str | None = None):
+        if size not in SIZES:
+            raise ValueError(f"size must be one of {list(SIZES)}")
+        super().__init__(desktop or Desktop(display), desktop is None, *SIZES[size], step_cost,
+                         settle or SettleConfig(), render_mode)
+        self.task, self.size = task, size
+        if task not in self.desktop.tasks:
+            self.close()
+            raise ValueError(f"unknown playground task {task!r}; see `squirrel tasks`")
+
+    def _start_task(self, seed, options):
+        if options and "task" in options:
+            if options["task"] not in self.desktop.tasks:
+                raise ValueError(f"unknown playground task {options['task']!r}")
+            self.task = options["task"]
+        r = self.desktop.host.call("reset", task=self.task, seed=seed, size=self.size)
+        return r["instruction"], tuple(r["window"][:2]), r["max_steps"]
+
+    def _status(self, a: Action | None) -> dict:
+        return self.desktop.host.call("judge" if a is not None and a.type == ActionType.DONE else "sync")
+
+    def oracle_action(self) -> Action | None:
+        """The scripted solver's next action, from the app's ground-truth geometry (diagnostics only)."""
+        d = self.desktop.host.call("oracle")["action"]
+        return None if d is None else Action.from_dict(d)
+

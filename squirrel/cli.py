@@ -8,6 +8,7 @@ config dataclass (one per entry point, fields documented for `--help`). Imports 
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 
@@ -15,7 +16,7 @@ from squirrel.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("squirrel.doctor:main", "check the machine: display, XTest, capture, Qt, torch, MiniLM"),
-    "tasks": ("agent.tasks.cli:main", "list every available task with its source"),
+    "tasks": ("squirrel.listing:main", "list every available task with its source"),
     "playground": ("agent.playground_cli:main", "show the playground tasks on a display, solved by their oracle"),
 }
 BENCH: dict[str, tuple[str, str]] = {
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"squirrel: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # `squirrel tasks | head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print("squirrel: stopped.", file=sys.stderr)
         return 130

@@ -1,0 +1,1 @@
+"""Task sources beyond the playground: user-defined TOML tasks (and later MiniWoB++)."""
