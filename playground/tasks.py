@@ -69,18 +69,25 @@ class Task(ABC):
     def words(self, n: int) -> list[str]:
         return self.rng.sample(WORDS, n)
 
-    def place(self, widgets: list[QWidget], top: int = 4, margin: int = 4) -> None:
-        """Random non-overlapping positions inside the body (below `top`)."""
+    def place(self, widgets: list[QWidget], top: int = 4, margin: int = 4) -> list[QWidget]:
+        """Random non-overlapping positions inside the body (below `top`), in order; a widget that
+        finds no free spot is removed. Returns the widgets placed."""
         taken: list[QRect] = []
+        placed = []
         for w in widgets:
             w.adjustSize()
             ww, hh = w.width(), w.height()
-            for _ in range(500):
+            for _ in range(300):
                 r = QRect(self.rng.randint(margin, self.W - ww - margin), self.rng.randint(top, self.H - hh - margin), ww, hh)
                 if not any(r.adjusted(-3, -3, 3, 3).intersects(t) for t in taken):
+                    taken.append(r)
+                    w.setGeometry(r)
+                    placed.append(w)
                     break
-            taken.append(r)
-            w.setGeometry(r)
+            else:
+                w.hide()
+                w.deleteLater()
+        return placed
 
     def stack(self, widgets: list[QWidget], x: int, y: int, gap: int = 4) -> int:
         for w in widgets:
@@ -122,9 +129,8 @@ class ClickButton(Task):
             b = QPushButton(label, self.body)
             b.clicked.connect(lambda _=False, s=label: self.finish(s == self.target))
             buttons.append(b)
-            self.named[label] = b
-        self.rng.shuffle(buttons)
-        self.place(buttons)
+        for b in self.place(buttons):  # the target first, so it always finds a spot
+            self.named[b.text()] = b
         return f'Click the "{self.target}" button.'
 
     def oracle(self, at: At) -> dict:
@@ -322,9 +328,14 @@ class ClickTab(Task):
                 label = labels.pop()
                 b = QPushButton(label, page)
                 b.adjustSize()
-                b.move(self.rng.randint(4, self.W - 80), 8 + j * 40 + self.rng.randint(0, 20))
+                b.move(self.rng.randint(4, self.W - b.width() - 12), 8 + j * 40 + self.rng.randint(0, 20))
                 b.clicked.connect(lambda _=False, s=label: self.finish(s == self.target))
                 self.buttons[label] = (i, b)
+        while len(names) > 2 and self.tabs.tabBar().sizeHint().width() > self.W - 8:
+            # every tab must show in full (no scroll arrows): drop the last one
+            self.tabs.removeTab(len(names) - 1)
+            names.pop()
+            self.buttons = {k: v for k, v in self.buttons.items() if v[0] < len(names)}
         self.tab = self.rng.randrange(1, len(names))
         self.target = self.rng.choice([lab for lab, (i, _) in self.buttons.items() if i == self.tab])
         return f'Open the {names[self.tab]} tab and click "{self.target}".'
