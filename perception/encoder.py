@@ -68,7 +68,7 @@ class ScreenEncoder(nn.Module):
         self.visual = _build_vision_tower(config["embed_dim"], vc)
         self.name, self.config = name, config
         self.image_size = tuple(self.visual.image_size)  # (H, W)
-        self.patch_size = int(vc.get("patch_size", 16))
+        self.patch_size = int(self.visual.patch_size[0])
         self.grid = tuple(self.visual.grid_size)  # (gh, gw); token n is patch (n // gw, n % gw)
         self.dim = int(vc["width"])
         self.pooled_dim = int(config["embed_dim"])  # == dim in Squirrel's configs
@@ -116,7 +116,7 @@ def _load_weights(encoder: ScreenEncoder, path: str) -> None:
     if any(k.startswith("visual.") for k in sd):
         sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
     own = encoder.visual.state_dict()
-    where = f"{path} does not match encoder {encoder.name}"
+    where = f"{path} does not match encoder {encoder.name}{_saved_from(path)}"
     for k, v in own.items():
         if k not in sd:
             raise UserError(f"{where}: it has no weights for {k}")
@@ -127,6 +127,18 @@ def _load_weights(encoder: ScreenEncoder, path: str) -> None:
     if extra:
         raise UserError(f"{where}: it has weights the encoder lacks, first {extra[0]}")
     encoder.visual.load_state_dict(sd)
+
+
+def _saved_from(path: str) -> str:
+    """' (it holds encoder NAME)' for files written by save_encoder, else ''."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            name = (f.metadata() or {}).get("encoder")
+    except Exception:  # noqa: BLE001 - not a safetensors file: no hint
+        return ""
+    return f" (it holds encoder {name})" if name else ""
 
 
 def save_encoder(encoder: ScreenEncoder, path: str) -> None:

@@ -111,7 +111,7 @@ def test_bad_pretrained_files_are_user_errors(tmp_path):
         create_encoder(pretrained=str(junk))
     big = str(tmp_path / "big.safetensors")
     save_encoder(create_encoder(LARGE), big)
-    with pytest.raises(UserError, match=r"class_embedding is \(384,\) in the file, \(192,\) in the encoder"):
+    with pytest.raises(UserError, match=r"\(it holds encoder squirrel-vit-s16-224\): class_embedding is \(384,\) in the file, \(192,\) in the encoder"):
         create_encoder(pretrained=big)
     stem = str(tmp_path / "stem.safetensors")
     save_encoder(create_encoder("squirrel-vit-t16-conv"), stem)
