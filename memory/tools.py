@@ -1,0 +1,479 @@
+"""The tool library: macros the agent mines from its own successful episodes.
+
+A step is plain data (`ToolStep`; this package never imports the agent). Mining abstracts each step
+into a token so that a sub-sequence transfers to new screens and instructions:
+
+- an acted-on target (click, double/right click, drag, scroll) becomes the appearance cluster its
+  patch embedding joins: embeddings with cosine similarity >= `target_similarity` to a cluster's
+  mean join it (clusters persist in the database, so tokens stay stable across mining runs);
+- typed text becomes "a span of the instruction" (a parameter; the span is its default when every
+  occurrence typed the same span), never the literal text;
+- keys stay keys; "done" stays "done".
+
+A token sequence of length 2..`max_len` is a tool candidate when it occurs in at least
+`min_support` successful episodes and more often than chance allows: under a null of tokens drawn
+independently with their observed frequencies -- or, if larger, of its prefix followed by (or its
+suffix preceded by) a token at random -- the number of episodes containing it would be about
+Poisson(E); it must have P(X >= support) < `alpha` / (number of sequences tested). The prefix and
+suffix terms keep a real routine from dragging random neighbours into it. Of nested
+candidates only the longest is kept unless a shorter one is clearly more frequent (closed
+patterns). So random episodes yield nothing, and a planted routine is found whole.
+
+Tools have a status: candidate (found), active (approved; offered to the policy), pruned (never
+offered again and never re-created by mining, but kept on record). An active tool that fails
+`demote_after` calls in a row goes back to candidate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from memory.db import AgentDB, check_thumbnail, from_blob, to_blob
+
+KINDS = ("click", "double_click", "right_click", "drag", "scroll_up", "scroll_down", "key", "type", "done")
+TARGET_KINDS = frozenset(KINDS[:6])
+STATUSES = ("candidate", "active", "pruned")
+
+
+@dataclass
+class ToolStep:
+    """One step of an episode or of a tool, as plain data."""
+
+    kind: str  # one of KINDS
+    key: str | None = None  # for kind "key": the key or chord, e.g. "Enter", "ctrl+s"
+    span: tuple[int, int] | None = None  # for kind "type": [start, end) over the instruction's tokens
+    target: np.ndarray | None = None  # embedding of the patch acted on
+    thumbnail: bytes | None = None  # small crop of it, for people
+    offset: tuple[float, float] | None = None  # in-patch offset of the point acted on
+    label: str | None = None  # optional human hint for the target (e.g. its text), used in names only
+
+    @classmethod
+    def from_action(cls, action: dict, target: np.ndarray | None = None, thumbnail: bytes | None = None) -> ToolStep:
+        """From an action dict as stored in `steps.action` ("kind" or "type", "key", "span", "offset", "label")."""
+        span, offset = action.get("span"), action.get("offset")
+        return cls(kind=str(action.get("kind") or action.get("type") or ""), key=action.get("key"),
+                   span=None if span is None else (int(span[0]), int(span[1])), target=target, thumbnail=thumbnail,
+                   offset=None if offset is None else (float(offset[0]), float(offset[1])), label=action.get("label"))
+
+    def describe(self, ref: str | None = None) -> str:
+        if self.kind in TARGET_KINDS:
+            what = f"{self.label}-like" if self.label else (ref or "target")
+            return f"{self.kind}[{what}]"
+        if self.kind == "key":
+            return f"key {self.key}"
+        if self.kind == "type":
+            return f"type[{ref or 'text'}]"
+        return self.kind
+
+
+@dataclass
+class ToolParam:
+    name: str
+    step: int  # index of the step it feeds
+    kind: str = "span"  # an instruction span, chosen when the tool is called
+    default: tuple[int, int] | None = None  # the span every source episode typed, if they agreed
+
+
+@dataclass
+class Tool:
+    id: int
+    name: str
+    status: str
+    steps: list[ToolStep]
+    params: list[ToolParam]
+    sources: list[int]
+    support: int
+    calls: int
+    successes: int
+    created: float
+    last_used: float | None
+    signature: str = ""
+    renamed: bool = False
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.successes / self.calls if self.calls else None
+
+
+@dataclass
+class ResolveFailure:
+    """Why a tool cannot be applied to this screen. Falsy, so `if not lib.resolve(...)` works."""
+
+    step: int
+    reason: str
+    best_similarity: float | None = None
+
+    def __bool__(self) -> bool:
+        return False
+
+
+@dataclass
+class _Clusters:
+    """Appearance clusters of targets, per embedding size: running means, compared by cosine."""
+
+    ids: dict[int, list[int]] = field(default_factory=dict)
+    sums: dict[int, np.ndarray] = field(default_factory=dict)  # dim -> (n, dim) sum of unit vectors
+    counts: dict[int, int] = field(default_factory=dict)
+    labels: dict[int, Counter] = field(default_factory=dict)
+    thumbs: dict[int, bytes | None] = field(default_factory=dict)
+    next_id: int = 1
+    dirty: set = field(default_factory=set)
+
+    def centroid(self, cid: int) -> np.ndarray:
+        for dim, ids in self.ids.items():
+            if cid in ids:
+                v = self.sums[dim][ids.index(cid)]
+                return (v / np.linalg.norm(v)).astype(np.float32)
+        raise KeyError(cid)
+
+    def label(self, cid: int) -> str | None:
+        c = self.labels.get(cid)
+        return c.most_common(1)[0][0] if c else None
+
+    def assign(self, target: np.ndarray, threshold: float, label: str | None, thumb: bytes | None) -> int:
+        v = np.asarray(target, np.float32).ravel()
+        v = v / max(1e-12, float(np.linalg.norm(v)))
+        dim = len(v)
+        ids = self.ids.setdefault(dim, [])
+        cid = None
+        if ids:
+            sums = self.sums[dim]
+            sims = (sums @ v) / np.maximum(1e-12, np.linalg.norm(sums, axis=1))
+            j = int(np.argmax(sims))
+            if sims[j] >= threshold:
+                cid = ids[j]
+                sums[j] += v
+        if cid is None:
+            cid = self.next_id
+            self.next_id += 1
+            ids.append(cid)
+            self.sums[dim] = np.vstack([self.sums[dim], v[None]]) if dim in self.sums else v[None].copy()
+            self.thumbs[cid] = thumb
+        self.counts[cid] = self.counts.get(cid, 0) + 1
+        if label:
+            self.labels.setdefault(cid, Counter())[label] += 1
+        if self.thumbs.get(cid) is None and thumb is not None:
+            self.thumbs[cid] = thumb
+        self.dirty.add(cid)
+        return cid
+
+
+def poisson_sf(s: int, mu: float) -> float:
+    """P(X >= s) for X ~ Poisson(mu); returns 1.0 when s <= mu (never surprising)."""
+    if s <= 0 or s <= mu:
+        return 1.0
+    if mu <= 0:
+        return 0.0
+    term = math.exp(-mu + s * math.log(mu) - math.lgamma(s + 1))
+    total, i = term, s
+    while term > 1e-18 * total and i < s + 10_000:
+        i += 1
+        term *= mu / i
+        total += term
+    return min(1.0, total)
+
+
+def _normalise(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, np.float32)
+    return v / np.maximum(1e-12, np.linalg.norm(v, axis=-1, keepdims=True))
+
+
+class ToolLibrary:
+    """Mine, store and serve tools, in the agent database."""
+
+    def __init__(self, db: AgentDB, *, target_similarity: float = 0.9, min_support: int = 3, max_len: int = 8,
+                 alpha: float = 0.01, closed_ratio: float = 0.8, demote_after: int = 3, window: int = 2000,
+                 auto_activate: int | None = None):
+        self.db = db
+        self.target_similarity = target_similarity
+        self.min_support = min_support
+        self.max_len = max_len
+        self.alpha = alpha
+        self.closed_ratio = closed_ratio
+        self.demote_after = demote_after
+        self.window = window
+        self.auto_activate = auto_activate  # support at which a new tool starts active; None: people approve
+        self._clusters: _Clusters | None = None
+
+    # ---------------------------------------------------------------- mining
+    def _load_clusters(self) -> _Clusters:
+        if self._clusters is None:
+            cl = _Clusters()
+            for cid, blob, count, label, thumb in self.db.read(
+                    "SELECT id, centroid, count, label, thumbnail FROM tool_targets ORDER BY id"):
+                v = from_blob(blob)
+                cl.ids.setdefault(len(v), []).append(cid)
+                s = v * count
+                cl.sums[len(v)] = np.vstack([cl.sums[len(v)], s[None]]) if len(v) in cl.sums else s[None].copy()
+                cl.counts[cid] = count
+                cl.labels[cid] = Counter(json.loads(label)) if label else Counter()
+                cl.thumbs[cid] = thumb
+                cl.next_id = max(cl.next_id, cid + 1)
+            self._clusters = cl
+        return self._clusters
+
+    def _save_clusters(self, c) -> None:
+        cl = self._clusters
+        for cid in sorted(cl.dirty):
+            c.execute("INSERT INTO tool_targets(id, centroid, count, label, thumbnail) VALUES (?, ?, ?, ?, ?) "
+                      "ON CONFLICT(id) DO UPDATE SET centroid = excluded.centroid, count = excluded.count, "
+                      "label = excluded.label, thumbnail = excluded.thumbnail",
+                      (cid, to_blob(cl.centroid(cid)), cl.counts[cid], json.dumps(dict(cl.labels.get(cid, {}))) or None,
+                       cl.thumbs.get(cid)))
+        cl.dirty.clear()
+
+    def _tokenise(self, steps: list[ToolStep]) -> list[list]:
+        """Per step: [token or None, key, span, offset, label]. None tokens cannot be part of a tool."""
+        cl = self._load_clusters()
+        out = []
+        for s in steps:
+            tok = None
+            if s.kind in TARGET_KINDS:
+                if s.target is not None:
+                    tok = f"{s.kind}@{cl.assign(s.target, self.target_similarity, s.label, check_thumbnail(s.thumbnail))}"
+            elif s.kind == "key":
+                tok = f"key:{s.key}" if s.key else None
+            elif s.kind in ("type", "done"):
+                tok = s.kind
+            out.append([tok, s.key, None if s.span is None else list(s.span),
+                        None if s.offset is None else list(s.offset), s.label])
+        return out
+
+    def mine(self, episodes: list[list[ToolStep]], episode_ids: list[int] | None = None) -> list[int]:
+        """Mine these (successful) episodes; returns the ids of tools created or updated."""
+        if episode_ids is not None and len(episode_ids) != len(episodes):
+            raise ValueError("episode_ids must have one id per episode")
+        with self.db.lock:
+            infos = [self._tokenise(ep) for ep in episodes]
+            with self.db.transaction() as c:
+                self._save_clusters(c)
+            return self._mine_infos(infos, list(episode_ids) if episode_ids is not None else [None] * len(infos))
+
+    def mine_new(self) -> list[int]:
+        """Tokenise successful episodes not mined yet, then mine the latest `window` of them.
+        Run it after episodes end (e.g. from a background thread), never on the acting path."""
+        with self.db.lock:
+            new = [r[0] for r in self.db.read(
+                "SELECT e.id FROM episodes e LEFT JOIN mined m ON m.episode_id = e.id "
+                "WHERE e.outcome = 'success' AND m.episode_id IS NULL ORDER BY e.id")]
+            if not new:
+                return []
+            rows = []
+            for eid in new:
+                steps = [ToolStep.from_action(s.action, s.target, s.thumbnail) for s in self.db.steps(eid)]
+                rows.append((eid, json.dumps(self._tokenise(steps))))
+            with self.db.transaction() as c:
+                self._save_clusters(c)
+                c.executemany("INSERT OR IGNORE INTO mined(episode_id, tokens) VALUES (?, ?)", rows)
+            recent = self.db.read("SELECT episode_id, tokens FROM mined ORDER BY episode_id DESC LIMIT ?", (self.window,))
+            recent.reverse()
+            return self._mine_infos([json.loads(t) for _, t in recent], [e for e, _ in recent])
+
+    def _mine_infos(self, infos: list[list[list]], episode_ids: list[int | None]) -> list[int]:
+        seqs = [[s[0] for s in info] for info in infos]
+        support: Counter = Counter()  # episodes containing the sequence
+        occ: Counter = Counter()  # occurrences of it, all lengths from 1
+        where: dict[tuple, list[tuple[int, int]]] = {}
+        for e, seq in enumerate(seqs):
+            seen = set()
+            for n in range(1, self.max_len + 1):
+                for s in range(len(seq) - n + 1):
+                    g = tuple(seq[s:s + n])
+                    if None in g:
+                        continue
+                    occ[g] += 1
+                    if n == 1 or g in seen:
+                        continue
+                    seen.add(g)
+                    support[g] += 1
+                    where.setdefault(g, []).append((e, s))
+        total = sum(c for g, c in occ.items() if len(g) == 1)
+        tested = [g for g, s in support.items() if s >= self.min_support]
+        if not tested:
+            return []
+        lengths = np.array([len(q) for q in seqs], np.float64)
+        level = self.alpha / len(tested)
+        significant = {}
+        for g in tested:
+            # Chance level: tokens independent, or g's prefix (suffix) followed (preceded) by a random token.
+            p = {t: occ[(t,)] / total for t in g}
+            windows = np.maximum(0.0, lengths - len(g) + 1)
+            chance = math.prod(p[t] for t in g)
+            expected = max(float(np.sum(-np.expm1(windows * math.log1p(-min(chance, 1 - 1e-12))))),
+                           occ[g[:-1]] * p[g[-1]], occ[g[1:]] * p[g[0]])
+            if poisson_sf(support[g], expected) < level:
+                significant[g] = support[g]
+        closed = []
+        for g, s in significant.items():
+            n = len(g)
+            dominated = any(len(h) > n and significant[h] >= self.closed_ratio * s
+                            and any(h[i:i + n] == g for i in range(len(h) - n + 1)) for h in significant)
+            if not dominated:
+                closed.append(g)
+        return [self._upsert(g, where[g], infos, episode_ids) for g in sorted(closed, key=lambda g: (-len(g), g))]
+
+    def _upsert(self, g: tuple, occurrences: list[tuple[int, int]], infos, episode_ids) -> int:
+        cl = self._load_clusters()
+        steps, params, refs = [], [], []
+        for j, tok in enumerate(g):
+            occ = [infos[e][s + j] for e, s in occurrences]
+            kind = tok.split("@")[0].split(":")[0]
+            step = ToolStep(kind=kind)
+            ref = None
+            if kind in TARGET_KINDS:
+                cid = int(tok.split("@")[1])
+                step.target = cl.centroid(cid)
+                step.thumbnail = cl.thumbs.get(cid)
+                labels = Counter(o[4] for o in occ if o[4])
+                step.label = labels.most_common(1)[0][0] if labels else cl.label(cid)
+                offsets = [o[3] for o in occ if o[3] is not None]
+                step.offset = tuple(float(x) for x in np.mean(offsets, axis=0)) if offsets else None
+                ref = f"#{cid}"
+            elif kind == "key":
+                step.key = tok.split(":", 1)[1]
+            elif kind == "type":
+                spans = {tuple(o[2]) for o in occ if o[2] is not None}
+                default = next(iter(spans)) if len(spans) == 1 and all(o[2] is not None for o in occ) else None
+                step.span = default
+                ref = f"text{len(params) + 1}"
+                params.append(ToolParam(ref, j, "span", default))
+            steps.append(step)
+            refs.append(ref)
+        name = " → ".join(s.describe(r) for s, r in zip(steps, refs))
+        signature = " ".join(g)
+        sources = sorted({episode_ids[e] for e, _ in occurrences if episode_ids[e] is not None})
+        now = time.time()
+        with self.db.transaction() as c:
+            row = c.execute("SELECT id, renamed FROM tools WHERE signature = ?", (signature,)).fetchone()
+            if row is None:
+                status = "active" if self.auto_activate is not None and len(occurrences) >= self.auto_activate else "candidate"
+                tid = c.execute("INSERT INTO tools(name, signature, status, params, support, created) VALUES (?, ?, ?, ?, ?, ?)",
+                                (name, signature, status, self._params_json(params), len(occurrences), now)).lastrowid
+            else:
+                tid = row[0]
+                c.execute("UPDATE tools SET support = max(support, ?), params = ?" + ("" if row[1] else ", name = ?")
+                          + " WHERE id = ?", (len(occurrences), self._params_json(params)) + (() if row[1] else (name,)) + (tid,))
+                c.execute("DELETE FROM tool_steps WHERE tool_id = ?", (tid,))
+            c.executemany("INSERT INTO tool_steps(tool_id, idx, kind, key, span, target, thumbnail, offset, label) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          [(tid, j, s.kind, s.key, None if s.span is None else json.dumps(list(s.span)), to_blob(s.target),
+                            s.thumbnail, None if s.offset is None else json.dumps(list(s.offset)), s.label)
+                           for j, s in enumerate(steps)])
+            c.executemany("INSERT OR IGNORE INTO tool_sources(tool_id, episode_id) VALUES (?, ?)", [(tid, e) for e in sources])
+        return tid
+
+    @staticmethod
+    def _params_json(params: list[ToolParam]) -> str:
+        return json.dumps([{"name": p.name, "step": p.step, "kind": p.kind,
+                            "default": None if p.default is None else list(p.default)} for p in params])
+
+    # ---------------------------------------------------------------- the record
+    def _load(self, rows) -> list[Tool]:
+        tools = []
+        for (tid, name, status, params, support, calls, successes, created, last_used, signature, renamed) in rows:
+            steps = [ToolStep(kind=k, key=key, span=None if span is None else tuple(json.loads(span)), target=from_blob(t),
+                              thumbnail=th, offset=None if off is None else tuple(json.loads(off)), label=label)
+                     for k, key, span, t, th, off, label in self.db.read(
+                         "SELECT kind, key, span, target, thumbnail, offset, label FROM tool_steps WHERE tool_id = ? "
+                         "ORDER BY idx", (tid,))]
+            sources = [r[0] for r in self.db.read("SELECT episode_id FROM tool_sources WHERE tool_id = ? ORDER BY episode_id",
+                                                  (tid,))]
+            ps = [ToolParam(p["name"], p["step"], p["kind"], None if p["default"] is None else tuple(p["default"]))
+                  for p in json.loads(params)]
+            tools.append(Tool(tid, name, status, steps, ps, sources, support, calls, successes, created, last_used,
+                              signature, bool(renamed)))
+        return tools
+
+    _SELECT = ("SELECT id, name, status, params, support, calls, successes, created, last_used, signature, renamed "
+               "FROM tools")
+
+    def list(self, status: str | None = None) -> list[Tool]:
+        """All tools (or those with one status), oldest first."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}")
+        with self.db.lock:
+            return self._load(self.db.read(self._SELECT + (" WHERE status = ?" if status else "") + " ORDER BY id",
+                                           (status,) if status else ()))
+
+    def get(self, tool_id: int) -> Tool:
+        with self.db.lock:
+            tools = self._load(self.db.read(self._SELECT + " WHERE id = ?", (tool_id,)))
+        if not tools:
+            raise KeyError(f"no tool {tool_id}")
+        return tools[0]
+
+    def candidates_for_policy(self) -> list[Tool]:
+        """The tools the policy may call: active ones only, in a stable order."""
+        return self.list("active")
+
+    def _set(self, tool_id: int, sql: str, params: tuple = ()) -> None:
+        with self.db.transaction() as c:
+            if c.execute(f"UPDATE tools SET {sql} WHERE id = ?", params + (tool_id,)).rowcount != 1:
+                raise KeyError(f"no tool {tool_id}")
+
+    def rename(self, tool_id: int, name: str) -> None:
+        if not name.strip():
+            raise ValueError("a tool's name cannot be empty")
+        self._set(tool_id, "name = ?, renamed = 1", (name.strip(),))
+
+    def approve(self, tool_id: int) -> None:
+        """Make a tool active: offered to the policy."""
+        self._set(tool_id, "status = 'active', fail_streak = 0")
+
+    def prune(self, tool_id: int) -> None:
+        """Never offer this tool again (mining will not re-create it); it stays on record."""
+        self._set(tool_id, "status = 'pruned'")
+
+    def restore(self, tool_id: int) -> None:
+        """Bring a pruned (or active) tool back to candidate."""
+        self._set(tool_id, "status = 'candidate', fail_streak = 0")
+
+    def record_call(self, tool_id: int, success: bool) -> None:
+        """Count a call of the tool by the policy; `demote_after` failures in a row demote an active tool."""
+        with self.db.transaction() as c:
+            n = c.execute("UPDATE tools SET calls = calls + 1, successes = successes + ?, last_used = ?, "
+                          "fail_streak = CASE WHEN ? THEN 0 ELSE fail_streak + 1 END WHERE id = ?",
+                          (int(bool(success)), time.time(), int(bool(success)), tool_id)).rowcount
+            if n != 1:
+                raise KeyError(f"no tool {tool_id}")
+            c.execute("UPDATE tools SET status = 'candidate', fail_streak = 0 WHERE id = ? AND status = 'active' "
+                      "AND fail_streak >= ?", (tool_id, self.demote_after))
+
+    # ---------------------------------------------------------------- applying
+    def resolve(self, tool: Tool | int, patch_embeddings: np.ndarray, threshold: float = 0.8, start: int = 0,
+                stop: int | None = None) -> list[tuple[ToolStep, int | None]] | ResolveFailure:
+        """Find each step's target among this screen's patches (N, D) by cosine similarity.
+
+        Returns [(step, patch index or None for steps without a target)] for steps start..stop, or a
+        `ResolveFailure` naming the first step whose best patch is below `threshold`. A step whose
+        target only appears after the previous steps act (a menu item) should be resolved on its own
+        screen: call again with `start` set to that step.
+        """
+        if not isinstance(tool, Tool):
+            tool = self.get(tool)
+        patches = _normalise(np.asarray(patch_embeddings, np.float32).reshape(len(patch_embeddings), -1))
+        out: list[tuple[ToolStep, int | None]] = []
+        for j in range(start, len(tool.steps) if stop is None else stop):
+            step = tool.steps[j]
+            if step.target is None:
+                out.append((step, None))
+                continue
+            what = step.describe(f"#{j + 1}")
+            if len(patches) == 0:
+                return ResolveFailure(j, f"step {j + 1} ({what}): the screen has no patches")
+            if patches.shape[1] != len(step.target):
+                return ResolveFailure(j, f"step {j + 1} ({what}): its target is a {len(step.target)}-d embedding but "
+                                         f"the screen's patches are {patches.shape[1]}-d (another encoder?)")
+            sims = patches @ _normalise(step.target)
+            best = int(np.argmax(sims))
+            if sims[best] < threshold:
+                return ResolveFailure(j, f"step {j + 1} ({what}): no patch on this screen looks like its target "
+                                         f"(best similarity {sims[best]:.2f} < {threshold:.2f})", float(sims[best]))
+            out.append((step, best))
+        return out

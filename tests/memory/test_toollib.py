@@ -1,0 +1,158 @@
+import numpy as np
+import pytest
+
+from memory.db import AgentDB
+from memory.tools import ResolveFailure, ToolLibrary, ToolStep
+
+E = 32  # patch embedding size
+KEYS = ["Tab", "Enter", "Escape", "ctrl+a", "BackSpace", "Down"]
+
+
+def unit(v):
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+@pytest.fixture
+def db(tmp_path):
+    with AgentDB.open(tmp_path) as d:
+        yield d
+
+
+def random_step(rng, appearances):
+    r = rng.random()
+    if r < 0.45:  # click on something: one of a few recurring widgets or a new-looking one
+        if rng.random() < 0.5:
+            target = appearances[rng.integers(len(appearances))] + 0.05 * rng.standard_normal(E)
+        else:
+            target = rng.standard_normal(E)
+        return ToolStep(rng.choice(["click", "double_click", "scroll_down"]).item(), target=unit(target),
+                        offset=(rng.random(), rng.random()))
+    if r < 0.8:
+        return ToolStep("key", key=KEYS[rng.integers(len(KEYS))])
+    s = int(rng.integers(0, 6))
+    return ToolStep("type", span=(s, s + int(rng.integers(1, 3))))
+
+
+def random_episode(rng, appearances, n=None):
+    return [random_step(rng, appearances) for _ in range(n or int(rng.integers(4, 12)))] + [ToolStep("done")]
+
+
+def planted(rng, ok_button):
+    """The routine: click something that looks like OK, type the instruction's words 2..4, press Enter."""
+    return [ToolStep("click", target=unit(ok_button + 0.1 * rng.standard_normal(E)), offset=(0.5, 0.4), label="OK"),
+            ToolStep("type", span=(2, 4)), ToolStep("key", key="Enter")]
+
+
+def test_mining_finds_a_planted_routine(db):
+    rng = np.random.default_rng(0)
+    ok = rng.standard_normal(E)
+    appearances = rng.standard_normal((3, E))
+    episodes, with_routine = [], []
+    for i in range(40):
+        ep = random_episode(rng, appearances)
+        if i % 3 != 2:  # in 27 of 40 episodes, at a random place
+            at = int(rng.integers(0, len(ep)))
+            ep[at:at] = planted(rng, ok)
+            with_routine.append(100 + i)
+        episodes.append(ep)
+    lib = ToolLibrary(db)
+    ids = lib.mine(episodes, episode_ids=[100 + i for i in range(40)])
+    assert len(ids) == 1, [lib.get(i).name for i in ids]
+    tool = lib.get(ids[0])
+    assert [s.kind for s in tool.steps] == ["click", "type", "key"]
+    assert tool.name == "click[OK-like] → type[text1] → key Enter"
+    assert tool.steps[2].key == "Enter" and tool.status == "candidate"
+    assert float(unit(ok) @ tool.steps[0].target) > 0.95  # stored by appearance
+    assert tool.steps[0].offset == pytest.approx((0.5, 0.4))
+    assert [(p.name, p.step, p.kind, p.default) for p in tool.params] == [("text1", 1, "span", (2, 4))]
+    assert tool.sources == with_routine and tool.support == len(with_routine)
+    assert lib.mine(episodes, episode_ids=[100 + i for i in range(40)]) == ids  # re-mining updates, not duplicates
+    assert len(lib.list()) == 1
+
+
+def test_mining_invents_nothing_in_random_episodes(db):
+    rng = np.random.default_rng(1)
+    appearances = rng.standard_normal((3, E))
+    lib = ToolLibrary(db)
+    for trial in range(3):
+        assert lib.mine([random_episode(rng, appearances) for _ in range(60)]) == []
+    assert lib.list() == []
+
+
+def test_lifecycle_prune_is_final_for_the_policy(db):
+    rng = np.random.default_rng(2)
+    ok = rng.standard_normal(E)
+    episodes = [planted(rng, ok) + random_episode(rng, rng.standard_normal((2, E)), 3) for _ in range(10)]
+    lib = ToolLibrary(db, demote_after=2)
+    (tid,) = lib.mine(episodes)
+    assert lib.candidates_for_policy() == []  # candidates wait for approval
+    lib.approve(tid)
+    assert [t.id for t in lib.candidates_for_policy()] == [tid]
+    lib.rename(tid, "fill the OK form")
+    lib.prune(tid)
+    assert lib.candidates_for_policy() == [] and lib.get(tid).status == "pruned"
+    lib.mine(episodes)  # mining finds it again, but it stays pruned and keeps its name
+    t = lib.get(tid)
+    assert (t.status, t.name, t.renamed) == ("pruned", "fill the OK form", True)
+    assert lib.candidates_for_policy() == [] and [x.id for x in lib.list("pruned")] == [tid]
+    lib.restore(tid)
+    assert lib.get(tid).status == "candidate"
+    lib.approve(tid)
+    lib.record_call(tid, True)
+    lib.record_call(tid, False)
+    t = lib.get(tid)
+    assert (t.calls, t.successes, t.status) == (2, 1, "active") and t.last_used is not None
+    lib.record_call(tid, False)  # second failure in a row: demoted
+    assert lib.get(tid).status == "candidate" and lib.candidates_for_policy() == []
+    with pytest.raises(KeyError):
+        lib.approve(999)
+
+
+def test_resolve_matches_by_appearance_or_fails_with_a_reason(db):
+    rng = np.random.default_rng(3)
+    ok, field = rng.standard_normal(E), rng.standard_normal(E)
+    episodes = []
+    for _ in range(8):
+        episodes.append([ToolStep("click", target=unit(field + 0.05 * rng.standard_normal(E))), ToolStep("type", span=(0, 1)),
+                         ToolStep("click", target=unit(ok + 0.05 * rng.standard_normal(E)), label="OK")]
+                        + random_episode(rng, rng.standard_normal((2, E)), 2))
+    lib = ToolLibrary(db)
+    (tid,) = lib.mine(episodes)
+    screen = rng.standard_normal((130, E)).astype(np.float32)  # a new layout: targets at new places
+    screen[17] = ok + 0.1 * rng.standard_normal(E)
+    screen[88] = field + 0.1 * rng.standard_normal(E)
+    res = lib.resolve(tid, screen, threshold=0.8)
+    assert res and [(s.kind, i) for s, i in res] == [("click", 88), ("type", None), ("click", 17)]
+    other = rng.standard_normal((130, E)).astype(np.float32)
+    other[88] = screen[88]  # the field is there but no OK button
+    fail = lib.resolve(lib.get(tid), other, threshold=0.8)
+    assert isinstance(fail, ResolveFailure) and not fail
+    assert fail.step == 2 and "click[OK-like]" in fail.reason and "best similarity" in fail.reason
+    assert fail.best_similarity < 0.8
+    assert lib.resolve(tid, other, threshold=0.8, stop=2)  # the steps before it resolve on their own
+    assert "another encoder" in lib.resolve(tid, np.ones((4, E + 1)), threshold=0.8).reason
+
+
+def test_mine_new_runs_incrementally_on_stored_episodes(db):
+    rng = np.random.default_rng(4)
+    ok = rng.standard_normal(E)
+    lib = ToolLibrary(db)
+
+    def store(steps, success):
+        e = db.begin_episode("form", 0, "fill the form")
+        for i, s in enumerate(steps):
+            action = {"kind": s.kind, "key": s.key, "span": s.span, "offset": s.offset, "label": s.label}
+            db.add_step(e, i, action, target=s.target, thumbnail=b"thumb" if s.target is not None else None)
+        db.end_episode(e, success, 1.0 if success else 0.0, len(steps))
+        return e
+
+    good = [store(planted(rng, ok) + random_episode(rng, rng.standard_normal((2, E)), 3), True) for _ in range(2)]
+    for _ in range(5):
+        store(planted(rng, ok), False)  # failures are never mined
+    assert lib.mine_new() == []  # seen in 2 successes only: below min_support
+    good += [store(random_episode(rng, rng.standard_normal((2, E)), 2) + planted(rng, ok), True) for _ in range(4)]
+    (tid,) = lib.mine_new()
+    tool = lib.get(tid)
+    assert tool.sources == good and tool.steps[0].thumbnail == b"thumb"
+    assert lib.mine_new() == []  # nothing new
+    assert ToolLibrary(db).get(tid).name == tool.name  # all of it persisted
