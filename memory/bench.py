@@ -200,8 +200,18 @@ def bench_writes(cfg: MemoryBenchConfig) -> dict:
                 mem.add(f"task{i % 10}", keys[i], {"kind": "click", "patch": int(i % 130), "offset": [0.5, 0.5]},
                         targets[i], 0.9, i % 3 == 0)
             res["insert_per_s"] = round(cfg.inserts / (time.perf_counter() - t), 1)
+            import faiss
+
+            faiss.omp_set_num_threads(cfg.threads)
+            ts = []
+            for q in model.sample(200):
+                t = time.perf_counter()
+                mem.query(q, cfg.k)
+                ts.append(time.perf_counter() - t)
+            res["memory_query_ms_median"] = _ms(ts)[0]  # end to end: index + rows from SQLite
             _log(f"  insert: {res['insert_per_s']:,.0f} entries/s (each committed, {cfg.key_dim}-d key, "
-                 f"{cfg.target_dim}-d target)")
+                 f"{cfg.target_dim}-d target); EpisodicMemory.query at {cfg.inserts:,} entries, end to end: "
+                 f"{res['memory_query_ms_median']:.3f} ms median")
         for thumbs in (False, True):
             with AgentDB.open(Path(tmp) / f"size{int(thumbs)}") as db:
                 mem = EpisodicMemory(db, cfg.key_dim, capacity=10 ** 9, per_task_quota=10 ** 9,

@@ -19,12 +19,32 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 EXACT_LIMIT = 20_000
 NPROBE = 16
+SMALL = 256  # batches below this run on one OpenMP thread (see _one_thread)
+
+
+@contextmanager
+def _one_thread(n: int):
+    """Run a small faiss operation on one thread. faiss's OpenMP workers spin while they wait; on a
+    busy 2-core machine (the encoder, other processes) a single query or insert then takes 5-10x
+    longer than on one thread. Large batches (training, bulk adds) keep all threads."""
+    import faiss
+
+    old = faiss.omp_get_max_threads()
+    if n >= SMALL or old == 1:
+        yield
+        return
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(old)
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -118,17 +138,22 @@ class KeyIndex:
 
     def add(self, ids: np.ndarray, keys: np.ndarray) -> None:
         if len(ids):
-            self.index.add_with_ids(np.ascontiguousarray(keys, dtype=np.float32).reshape(-1, self.dim),
-                                    np.ascontiguousarray(ids, dtype=np.int64))
+            with _one_thread(len(ids)):
+                self.index.add_with_ids(np.ascontiguousarray(keys, dtype=np.float32).reshape(-1, self.dim),
+                                        np.ascontiguousarray(ids, dtype=np.int64))
 
     def remove(self, ids) -> int:
         ids = np.ascontiguousarray(list(ids), dtype=np.int64)
-        return int(self.index.remove_ids(ids)) if len(ids) else 0
+        if not len(ids):
+            return 0
+        with _one_thread(len(ids)):
+            return int(self.index.remove_ids(ids))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, ids), each (nq, k), best first; missing neighbours have id -1."""
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
-        return self.index.search(q, k)
+        with _one_thread(len(q)):
+            return self.index.search(q, k)
 
     def wants_rebuild(self, exact_limit: int = EXACT_LIMIT) -> bool:
         """True when the number of keys has outgrown (or shrunk well below) what this index was sized for."""

@@ -189,7 +189,7 @@ class ToolLibrary:
 
     def __init__(self, db: AgentDB, *, target_similarity: float = 0.9, min_support: int = 3, max_len: int = 8,
                  alpha: float = 0.01, closed_ratio: float = 0.8, demote_after: int = 3, window: int = 2000,
-                 auto_activate: int | None = None):
+                 auto_activate: int | None = None, max_targets: int = 20_000):
         self.db = db
         self.target_similarity = target_similarity
         self.min_support = min_support
@@ -199,10 +199,15 @@ class ToolLibrary:
         self.demote_after = demote_after
         self.window = window
         self.auto_activate = auto_activate  # support at which a new tool starts active; None: people approve
+        self.max_targets = max_targets  # appearance clusters kept; beyond, the oldest seen-once ones go
         self._clusters: _Clusters | None = None
+        self._clusters_stamp = None
 
     # ---------------------------------------------------------------- mining
     def _load_clusters(self) -> _Clusters:
+        stamp = self.db.read("SELECT count(*), max(id), sum(count) FROM tool_targets")[0]
+        if self._clusters is not None and stamp != self._clusters_stamp:
+            self._clusters = None  # another ToolLibrary on this database changed them
         if self._clusters is None:
             cl = _Clusters()
             for cid, blob, count, label, thumb in self.db.read(
@@ -215,7 +220,8 @@ class ToolLibrary:
                 cl.labels[cid] = Counter(json.loads(label)) if label else Counter()
                 cl.thumbs[cid] = thumb
                 cl.next_id = max(cl.next_id, cid + 1)
-            self._clusters = cl
+            cl.next_id = max(cl.next_id, int(self.db.get_meta("tool_targets_next", "1")))  # ids are never reused
+            self._clusters, self._clusters_stamp = cl, stamp
         return self._clusters
 
     def _save_clusters(self, c) -> None:
@@ -227,6 +233,20 @@ class ToolLibrary:
                       (cid, to_blob(cl.centroid(cid)), cl.counts[cid], json.dumps(dict(cl.labels.get(cid, {}))) or None,
                        cl.thumbs.get(cid)))
         cl.dirty.clear()
+        n = sum(len(ids) for ids in cl.ids.values())
+        if n > self.max_targets:
+            in_tools = {int(t.split("@")[1]) for (sig,) in c.execute("SELECT signature FROM tools").fetchall()
+                        for t in sig.split() if "@" in t}
+            drop = [cid for ids in cl.ids.values() for cid in ids if cl.counts[cid] == 1 and cid not in in_tools]
+            drop = set(sorted(drop)[:n - self.max_targets])
+            c.executemany("DELETE FROM tool_targets WHERE id = ?", [(cid,) for cid in drop])
+            for dim, ids in cl.ids.items():
+                keep = [j for j, cid in enumerate(ids) if cid not in drop]
+                cl.ids[dim] = [ids[j] for j in keep]
+                cl.sums[dim] = cl.sums[dim][keep]
+        c.execute("INSERT INTO meta(key, value) VALUES ('tool_targets_next', ?) "
+                  "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(cl.next_id),))
+        self._clusters_stamp = c.execute("SELECT count(*), max(id), sum(count) FROM tool_targets").fetchone()
 
     def _tokenise(self, steps: list[ToolStep]) -> list[list]:
         """Per step: [token or None, key, span, offset, label]. None tokens cannot be part of a tool."""
@@ -250,9 +270,13 @@ class ToolLibrary:
         if episode_ids is not None and len(episode_ids) != len(episodes):
             raise ValueError("episode_ids must have one id per episode")
         with self.db.lock:
-            infos = [self._tokenise(ep) for ep in episodes]
-            with self.db.transaction() as c:
-                self._save_clusters(c)
+            try:
+                infos = [self._tokenise(ep) for ep in episodes]
+                with self.db.transaction() as c:
+                    self._save_clusters(c)
+            except BaseException:
+                self._clusters = None  # drop unsaved cluster changes
+                raise
             return self._mine_infos(infos, list(episode_ids) if episode_ids is not None else [None] * len(infos))
 
     def mine_new(self) -> list[int]:
@@ -265,12 +289,16 @@ class ToolLibrary:
             if not new:
                 return []
             rows = []
-            for eid in new:
-                steps = [ToolStep.from_action(s.action, s.target, s.thumbnail) for s in self.db.steps(eid)]
-                rows.append((eid, json.dumps(self._tokenise(steps))))
-            with self.db.transaction() as c:
-                self._save_clusters(c)
-                c.executemany("INSERT OR IGNORE INTO mined(episode_id, tokens) VALUES (?, ?)", rows)
+            try:
+                for eid in new:
+                    steps = [ToolStep.from_action(s.action, s.target, s.thumbnail) for s in self.db.steps(eid)]
+                    rows.append((eid, json.dumps(self._tokenise(steps))))
+                with self.db.transaction() as c:
+                    self._save_clusters(c)
+                    c.executemany("INSERT OR IGNORE INTO mined(episode_id, tokens) VALUES (?, ?)", rows)
+            except BaseException:
+                self._clusters = None  # drop unsaved cluster changes
+                raise
             recent = self.db.read("SELECT episode_id, tokens FROM mined ORDER BY episode_id DESC LIMIT ?", (self.window,))
             recent.reverse()
             return self._mine_infos([json.loads(t) for _, t in recent], [e for e, _ in recent])

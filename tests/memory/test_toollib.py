@@ -156,3 +156,18 @@ def test_mine_new_runs_incrementally_on_stored_episodes(db):
     assert tool.sources == good and tool.steps[0].thumbnail == b"thumb"
     assert lib.mine_new() == []  # nothing new
     assert ToolLibrary(db).get(tid).name == tool.name  # all of it persisted
+
+
+def test_appearance_clusters_stay_bounded(db):
+    rng = np.random.default_rng(5)
+    ok = rng.standard_normal(E)
+    lib = ToolLibrary(db, max_targets=40)
+    episodes = [planted(rng, ok) + random_episode(rng, rng.standard_normal((1, E)), 6) for _ in range(12)]
+    (tid,) = lib.mine(episodes)
+    assert db.read("SELECT count(*) FROM tool_targets")[0][0] <= 40
+    ids_before = {r[0] for r in db.read("SELECT id FROM tool_targets")}
+    other = ToolLibrary(db, max_targets=40)  # a second library on the same database continues the ids
+    other.mine([random_episode(rng, rng.standard_normal((1, E)), 8) for _ in range(5)])
+    new = {r[0] for r in db.read("SELECT id FROM tool_targets")} - ids_before
+    assert new and min(new) > max(ids_before)
+    assert lib.mine(episodes) == [tid]  # the tool's own target cluster was kept
