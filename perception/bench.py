@@ -146,6 +146,18 @@ def _bench_text() -> dict:
     return {"cold_ms": _p(50, cold), "cached_ms": _p(50, cached), "first_call_ms": round(first, 1)}
 
 
+def _machine_load() -> dict:
+    """Load average and CPU pressure (share of time some task waited for a CPU, last 10 s): other
+    work on the machine inflates every figure here, so it is recorded with them."""
+    out = {"loadavg_1min": round(os.getloadavg()[0], 2)}
+    try:
+        with open("/proc/pressure/cpu") as f:
+            out["cpu_pressure_some_avg10"] = float(f.readline().split()[1].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return out
+
+
 def main(argv: list[str], prog: str = "squirrel bench perception") -> int:
     cfg = parse(PerceptionBenchConfig, argv, prog)
     import torch
@@ -160,7 +172,8 @@ def main(argv: list[str], prog: str = "squirrel bench perception") -> int:
             raise UserError(f"unknown encoder {n!r}; choose from {', '.join(sorted(known))}")
     default = create_encoder(DEFAULT_ENCODER)
     out: dict = {"default": DEFAULT_ENCODER, "threads": cfg.threads, "cpus": os.cpu_count(),
-                 "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
+                 "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                 "machine_load_before": _machine_load()}
 
     print(f"capture + preprocess: {TASK_W}x{TASK_H} region, {cfg.capture_repeats} repeats", flush=True)
     if cfg.display:
@@ -183,6 +196,10 @@ def main(argv: list[str], prog: str = "squirrel bench perception") -> int:
     t = out["text"]
     print(f"  first call (load) {t['first_call_ms']:.0f} ms, cold {t['cold_ms']:.2f} ms, cached {t['cached_ms']:.4f} ms", flush=True)
 
+    out["machine_load_after"] = _machine_load()
+    if out["machine_load_after"].get("cpu_pressure_some_avg10", 0) > 20:
+        print(f"note: other work competed for the CPU during this run ({out['machine_load_after']}); "
+              "figures are inflated", flush=True)
     d = out["configs"].get(DEFAULT_ENCODER)
     out["targets"] = {"forward_b1_ms": 8.0, "capture_preprocess_ms": 1.0,
                       "forward_met": None if d is None else d["forward_b1_ms_median"] < 8.0,
