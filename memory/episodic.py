@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from memory.db import AgentDB, as_timestamp, check_thumbnail, from_blob, to_blob
-from memory.index import EXACT_LIMIT, NPROBE, KeyIndex, normalise
+from memory.index import EXACT_LIMIT, KeyIndex, normalise
 from squirrel.errors import UserError
 
 INDEX_RE = re.compile(r"^episodic\.g(\d+)\.m(\d+)\.t(\d+)\.faiss$")
@@ -70,7 +70,7 @@ class EpisodicMemory:
     """Bounded kNN memory over one agent database. See the module docstring for the policy."""
 
     def __init__(self, db: AgentDB, key_dim: int = 512, capacity: int = 100_000, per_task_quota: int = 25_000,
-                 store_thumbnails: bool = True, *, exact_limit: int = EXACT_LIMIT, nprobe: int = NPROBE,
+                 store_thumbnails: bool = True, *, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None,
                  evict_fraction: float = 0.02, duplicate_similarity: float = 0.9, diversity_pool: int = 4096):
         if capacity < 1 or per_task_quota < 1:
             raise ValueError("capacity and per_task_quota must be at least 1")
@@ -80,7 +80,7 @@ class EpisodicMemory:
         self.per_task_quota = int(per_task_quota)
         self.store_thumbnails = store_thumbnails
         self.exact_limit = exact_limit
-        self.nprobe = nprobe
+        self.nprobe = nprobe  # IVF lists per query; None: tuned to recall@10 >= 0.95 at each build
         self.evict_fraction = evict_fraction
         self.duplicate_similarity = duplicate_similarity
         self.diversity_pool = diversity_pool

@@ -11,7 +11,7 @@ def test_bench_memory_smoke(tmp_path, capsys):
     out = tmp_path / "memory.json"
     rc = main(["bench", "memory", "--json", str(out), "--sizes", "1000", "12000", "--exact-limit", "5000",
                "--queries", "30", "--brute-queries", "3", "--recall-queries", "30", "--inserts", "100",
-               "--episodes", "20"])
+               "--episodes", "20", "--stress-size", "12000"])
     assert rc == 0
     r = json.loads(out.read_text())
     assert set(r["sizes"]) == {"1000", "12000"}
@@ -20,6 +20,8 @@ def test_bench_memory_smoke(tmp_path, capsys):
         assert 0 < row["query_ms_median"] <= row["query_ms_p99"]
     assert r["sizes"]["1000"]["index"] == "flat" and r["sizes"]["1000"]["recall_at_10"] == 1.0
     assert r["sizes"]["12000"]["index"].startswith("IVF") and r["sizes"]["12000"]["recall_at_10"] >= 0.9
+    stress = r["stress"]["12000"]
+    assert stress["nprobe"] >= r["sizes"]["12000"]["nprobe"] and stress["nprobe_tuning_recall"] >= 0.95
     assert r["insert_per_s"] > 0 and r["db_bytes_per_1000_episodes"] > 0
     assert "{" not in capsys.readouterr().out  # JSON goes only where --json says
 
