@@ -308,6 +308,19 @@ class AgentDB:
             finally:
                 self._depth = 0
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: the reads inside it (from this thread) all see one state of the database."""
+        with self.lock:
+            if self._depth:  # inside a write transaction: already consistent
+                yield
+                return
+            self._conn.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self._conn.execute("COMMIT")
+
     def read(self, sql: str, params: Sequence | dict = ()) -> list[tuple]:
         """Run a query and return all its rows (a consistent snapshot)."""
         with self.lock:

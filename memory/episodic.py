@@ -149,7 +149,7 @@ class EpisodicMemory:
         if rgen > self._gen:
             self._rebuild()
             return
-        with self._snapshot():
+        with self.db.snapshot():
             rows = self.db.read("SELECT id, key FROM memory WHERE id > ? ORDER BY id", (self._max_id,))
             total = self.db.read("SELECT count(*) FROM memory")[0][0]
             gen, rgen, max_id = self._generations()
@@ -161,30 +161,13 @@ class EpisodicMemory:
         self._gen, self._max_id = gen, max_id
         self._load_counts()
 
-    def _snapshot(self):
-        """A read transaction, so several SELECTs see one state of the database."""
-        db = self.db
-
-        class _Snap:
-            def __enter__(self_inner):
-                db.lock.acquire()
-                db._conn.execute("BEGIN")
-
-            def __exit__(self_inner, *exc):
-                try:
-                    db._conn.execute("COMMIT")
-                finally:
-                    db.lock.release()
-
-        return _Snap()
-
     def _keys_of(self, rows) -> np.ndarray:
         keys = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
         return keys.reshape(len(rows), self.key_dim)
 
     def _rebuild(self) -> None:
         """Rebuild the index from SQLite, sized for the current number of entries."""
-        with self._snapshot():
+        with self.db.snapshot():
             gen, _, max_id = self._generations()
             n = self.db.read("SELECT count(*) FROM memory")[0][0]
             ids = np.empty(n, np.int64)

@@ -171,3 +171,42 @@ def test_appearance_clusters_stay_bounded(db):
     new = {r[0] for r in db.read("SELECT id FROM tool_targets")} - ids_before
     assert new and min(new) > max(ids_before)
     assert lib.mine(episodes) == [tid]  # the tool's own target cluster was kept
+
+
+def test_mining_in_a_background_thread_while_the_agent_writes(db):
+    """The agent writes episodes and memory on its thread; mining runs beside it on the same AgentDB."""
+    import threading
+
+    from memory.episodic import EpisodicMemory
+
+    rng = np.random.default_rng(6)
+    ok = rng.standard_normal(E)
+    mem = EpisodicMemory(db, key_dim=16, capacity=200, per_task_quota=200)
+    lib = ToolLibrary(db)
+    stop, errors, found = threading.Event(), [], set()
+
+    def miner():
+        try:
+            while not stop.is_set():
+                found.update(lib.mine_new())
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    t = threading.Thread(target=miner)
+    t.start()
+    try:
+        for _ in range(30):
+            steps = planted(rng, ok) + random_episode(rng, rng.standard_normal((2, E)), 3)
+            e = db.begin_episode("form", 0, "fill the form")
+            for i, s in enumerate(steps):
+                db.add_step(e, i, {"kind": s.kind, "key": s.key, "span": s.span, "label": s.label}, target=s.target)
+                mem.add("form", rng.standard_normal(16), {"kind": s.kind}, s.target, 0.0, True)
+                mem.query(rng.standard_normal(16), 3)
+            db.end_episode(e, True, 1.0, len(steps))
+    finally:
+        stop.set()
+        t.join()
+    assert errors == []
+    found.update(lib.mine_new())
+    assert "click[OK-like] → type[text1] → key Enter" in {lib.get(i).name for i in found}
+    assert db.integrity_check() == "ok"
