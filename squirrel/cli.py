@@ -17,6 +17,7 @@ from squirrel.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("squirrel.doctor:main", "check the machine: display, XTest, capture, Qt, torch, MiniLM"),
     "tasks": ("squirrel.listing:main", "list every available task with its source"),
+    "learn": ("agent.learn_cli:main", "learn tasks from pixels, online: progress bar, TensorBoard, checkpoints, curve"),
     "playground": ("agent.playground_cli:main", "show the playground tasks on a display, solved by their oracle"),
 }
 BENCH: dict[str, tuple[str, str]] = {

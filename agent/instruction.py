@@ -1,0 +1,111 @@
+"""What the policy knows of an instruction, computed once per instruction string and cached.
+
+- its meaning: the MiniLM sentence embedding, and one embedding per instruction word (the mean of
+  the MiniLM tokens inside the word), so the policy can point at words to type;
+- its look: each word rendered as pixels in the desktop's font (DejaVu Sans, 11 px, as the
+  playground and most X apps draw text), centred on a fixed canvas, so finding "the thing that says
+  WORD" becomes matching the screen against the rendered word (DESIGN.md decision 5).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections import OrderedDict
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from agent.actions import words
+
+MAX_WORDS = 24  # instruction words the policy sees (and can type)
+WORD_H, WORD_W = 16, 80  # rendered word canvas, pixels
+FONT_PX = 11
+
+
+class InstructionFeatures(NamedTuple):
+    sentence: torch.Tensor  # (384,)
+    words: torch.Tensor  # (K, 384), K = MAX_WORDS, zero rows past the end
+    word_mask: torch.Tensor  # (K,) bool
+    word_pixels: np.ndarray  # (K, WORD_H, WORD_W, 3) uint8: black text on white, centred
+    word_widths: np.ndarray  # (K,) int: rendered width in pixels (0 past the end)
+
+
+@lru_cache(maxsize=1)
+def _font():
+    from PIL import ImageFont
+
+    path = None
+    if shutil.which("fc-match"):
+        out = subprocess.run(["fc-match", "-f", "%{file}", "DejaVu Sans"], capture_output=True, text=True)
+        path = out.stdout.strip() or None
+    for candidate in (path, "DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
+        if candidate:
+            try:
+                return ImageFont.truetype(candidate, FONT_PX)
+            except OSError:
+                continue
+    return ImageFont.load_default(FONT_PX)
+
+
+def render_word(word: str) -> tuple[np.ndarray, int]:
+    """(WORD_H, WORD_W, 3) uint8 with `word` centred, and its width in pixels (clipped to the canvas)."""
+    from PIL import Image, ImageDraw
+
+    font = _font()
+    w = min(int(np.ceil(font.getlength(word))), WORD_W)
+    img = Image.new("RGB", (WORD_W, WORD_H), (255, 255, 255))
+    ImageDraw.Draw(img).text(((WORD_W - w) // 2, 1), word, font=font, fill=(0, 0, 0))
+    return np.asarray(img, dtype=np.uint8), w
+
+
+class InstructionCache:
+    """instruction string -> InstructionFeatures, computed with the frozen MiniLM encoder."""
+
+    def __init__(self, text_encoder=None, size: int = 4096):
+        if text_encoder is None:
+            from perception.text import InstructionEncoder
+
+            text_encoder = InstructionEncoder()
+        self.text, self.size = text_encoder, size
+        self._cache: OrderedDict[str, InstructionFeatures] = OrderedDict()
+
+    def __call__(self, instruction: str) -> InstructionFeatures:
+        hit = self._cache.get(instruction)
+        if hit is not None:
+            self._cache.move_to_end(instruction)
+            return hit
+        feats = self._compute(instruction)
+        self._cache[instruction] = feats
+        if len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return feats
+
+    def _compute(self, instruction: str) -> InstructionFeatures:
+        enc = self.text.encode(instruction)
+        spans = words(instruction)[:MAX_WORDS]
+        dim = enc.tokens.shape[1] if enc.tokens.ndim == 2 and len(enc.tokens) else 384
+        wv = torch.zeros(MAX_WORDS, dim)
+        mask = torch.zeros(MAX_WORDS, dtype=torch.bool)
+        pixels = np.full((MAX_WORDS, WORD_H, WORD_W, 3), 255, np.uint8)
+        widths = np.zeros(MAX_WORDS, np.int64)
+        for k, (a, b) in enumerate(spans):
+            rows = [i for i, (s, e) in enumerate(enc.spans) if s < b and e > a]
+            wv[k] = enc.tokens[rows].mean(0) if rows else enc.sentence
+            mask[k] = True
+            pixels[k], widths[k] = render_word(instruction[a:b])
+        return InstructionFeatures(enc.sentence.clone(), wv, mask, pixels, widths)
+
+    def batch(self, instructions: list[str]) -> dict[str, torch.Tensor]:
+        """Stacked features for a batch of instructions (what Policy.forward takes)."""
+        fs = [self(s) for s in instructions]
+        k = max(1, max(int(f.word_mask.sum()) for f in fs))  # trim the padding every row has
+        return {
+            "sentence": torch.stack([f.sentence for f in fs]),
+            "words": torch.stack([f.words[:k] for f in fs]),
+            "word_mask": torch.stack([f.word_mask[:k] for f in fs]),
+            "word_pixels": torch.from_numpy(np.stack([f.word_pixels[:k] for f in fs])),
+            "word_widths": torch.from_numpy(np.stack([f.word_widths[:k] for f in fs])),
+        }

@@ -1,0 +1,229 @@
+"""`squirrel learn`: the act-and-learn loop, headless, with a progress bar, TensorBoard scalars,
+checkpoints and a JSON learning curve. Ctrl-C or SIGTERM saves a checkpoint and exits cleanly;
+`--resume` continues the same learning curve."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict, deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agent.learner import AgentConfig
+from squirrel.errors import UserError
+
+
+@dataclass
+class LearnConfig:
+    """Learn GUI tasks from pixels, online, on this machine."""
+
+    tasks: str = "click-button"
+    """Comma-separated tasks (playground names like click-button, or user-<name> for your TOML tasks)."""
+    steps: int = 20_000
+    """Total env steps to reach (counting earlier runs when resuming)."""
+    seed: int = 0
+    """Random seed (weights, task seeds)."""
+    home: str = ".squirrel/agent"
+    """Agent home: checkpoints, TensorBoard logs, learning curve."""
+    resume: bool = False
+    """Continue from the newest good checkpoint in --home."""
+    display: str = ""
+    """An existing X display to act on. Empty: a private virtual display."""
+    json: str = ""
+    """Also write the learning curve here."""
+    curve_every: int = 500
+    """Env steps between learning-curve points."""
+    window: int = 50
+    """Episodes per task in the moving success rate."""
+    checkpoint_every: int = 2000
+    """Env steps between checkpoints."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars to HOME/tb."""
+    progress: bool = True
+    """Show a progress bar."""
+    agent: AgentConfig = field(default_factory=AgentConfig)
+
+
+class Curve:
+    """Per-task moving success rate, sampled against that task's env steps."""
+
+    def __init__(self, window: int, every: int):
+        self.window, self.every = window, every
+        self.recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
+        self.task_steps: dict[str, int] = defaultdict(int)
+        self.points: dict[str, list] = defaultdict(list)
+        self.episodes: dict[str, int] = defaultdict(int)
+
+    def add(self, task: str, success: bool | None, steps: int) -> None:
+        self.recent[task].append(1.0 if success else 0.0)
+        self.episodes[task] += 1
+        before = self.task_steps[task]
+        self.task_steps[task] += steps
+        if self.task_steps[task] // self.every > before // self.every:
+            self.points[task].append([self.task_steps[task], self.rate(task)])
+
+    def rate(self, task: str) -> float:
+        r = self.recent[task]
+        return float(np.mean(r)) if r else 0.0
+
+    def runs(self, agent: str, seed: int) -> list[dict]:
+        out = []
+        for task, pts in self.points.items():
+            s80 = next((s for s, v in pts if v >= 0.8), None)
+            out.append({"task": task, "agent": agent, "seed": seed, "curve": pts, "final_success": self.rate(task),
+                        "steps_to_80": s80, "episodes": self.episodes[task], "env_steps": self.task_steps[task]})
+        return out
+
+    def state(self) -> dict:
+        return {"recent": {k: list(v) for k, v in self.recent.items()}, "task_steps": dict(self.task_steps),
+                "points": dict(self.points), "episodes": dict(self.episodes)}
+
+    def load(self, st: dict) -> None:
+        for k, v in st["recent"].items():
+            self.recent[k].extend(v)
+        self.task_steps.update(st["task_steps"])
+        self.points.update(st["points"])
+        self.episodes.update(st["episodes"])
+
+
+def make_task_env(tasks: list[str], display: str | None):
+    """One gated env on one desktop that can run any of `tasks` (reset(options={"task": ...}))."""
+    from agent.registration import PLAYGROUND_TASKS, make_env
+
+    unknown = [t for t in tasks if t not in PLAYGROUND_TASKS]
+    if unknown:
+        raise UserError(f"unknown task {unknown[0]!r}; `squirrel tasks` lists the tasks "
+                        "(learning on user-defined tasks comes with the panel)")
+    return make_env(tasks[0], display=display)
+
+
+def main(argv: list[str], prog: str) -> int:
+    from squirrel.config import parse
+
+    cfg = parse(LearnConfig, argv, prog)
+    tasks = [t for t in cfg.tasks.split(",") if t]
+    if not tasks:
+        raise UserError("--tasks is empty; name at least one task (squirrel tasks lists them)")
+    run = LearnRun(cfg, tasks)
+    try:
+        run.start()
+        run.loop()
+    except KeyboardInterrupt:
+        if not hasattr(run, "learner"):
+            raise
+        print("\nsquirrel: stop requested; saving a checkpoint", flush=True)
+        run.save()
+    finally:
+        run.close()
+    run.report()
+    return 0
+
+
+class LearnRun:
+    """The pieces of one `squirrel learn` run, so the CLI, the benchmark and the demo share them."""
+
+    def __init__(self, cfg: LearnConfig, tasks: list[str], env=None, agent_name: str = "squirrel"):
+        self.cfg, self.tasks, self.agent_name = cfg, tasks, agent_name
+        self.home = Path(cfg.home)
+        self.env, self._own_env = env, env is None
+        self.curve = Curve(cfg.window, cfg.curve_every)
+        self.writer = self.bar = None
+        self.t0 = time.time()
+        self._last_ckpt = 0
+
+    def start(self) -> None:
+        import torch
+
+        from agent.learner import Agent, Learner
+        from trainer.checkpoint import load_latest, restore
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(self.cfg.seed)
+        np.random.seed(self.cfg.seed)
+        self.agent = Agent(self.cfg.agent)
+        if self.env is None:
+            self.env = make_task_env(self.tasks, self.cfg.display or None)
+        self.learner = Learner(self.agent, self.env, self.tasks, seed=self.cfg.seed)
+        if self.cfg.resume:
+            found = load_latest(self.home / "checkpoints")
+            if found is None:
+                print(f"squirrel: no checkpoint in {self.home / 'checkpoints'}; starting from scratch")
+            else:
+                path, tensors, meta = found
+                restore(tensors, meta, self.agent.modules(), self.agent.optimizer)
+                self.learner.load_counters(meta["counters"])
+                self.curve.load(meta["counters"]["curve"])
+                self._last_ckpt = self.learner.env_steps
+                print(f"squirrel: resumed from {path.name} at {self.learner.env_steps} env steps")
+        self.learner.episode_callbacks.append(self._on_episode)
+        self.learner.update_callbacks.append(self._on_update)
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.home / "tb"))
+        if self.cfg.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.cfg.steps, initial=self.learner.env_steps, unit="step", desc="learning",
+                            dynamic_ncols=True)
+
+    def loop(self) -> None:
+        self.learner.run(self.cfg.steps)
+        self.save()
+
+    def _on_episode(self, r) -> None:
+        self.curve.add(r.task, r.success, r.steps)
+        if self.writer:
+            self.writer.add_scalar(f"success/{r.task}", float(bool(r.success)), r.env_steps)
+            self.writer.add_scalar(f"return/{r.task}", r.ret, r.env_steps)
+        if self.bar:
+            self.bar.update(r.env_steps - self.bar.n)
+            self.bar.set_postfix({t[:12]: f"{self.curve.rate(t):.2f}" for t in self.tasks}, refresh=False)
+        if r.env_steps - self._last_ckpt >= self.cfg.checkpoint_every:
+            self.save()
+
+    def _on_update(self, info: dict) -> None:
+        if self.writer:
+            el = max(time.time() - self.t0, 1e-6)
+            for k, v in info.items():
+                if k not in ("updates", "env_steps"):
+                    self.writer.add_scalar(f"loss/{k}", v, info["env_steps"])
+            self.writer.add_scalar("speed/steps_per_s", self.learner.env_steps / el, info["env_steps"])
+            self.writer.add_scalar("speed/updates_per_s", self.learner.updates / el, info["env_steps"])
+
+    def save(self) -> None:
+        from trainer.checkpoint import save_checkpoint
+
+        counters = dict(self.learner.counters(), curve=self.curve.state())
+        save_checkpoint(self.home / "checkpoints", self.learner.env_steps, self.agent.modules(), self.agent.optimizer,
+                        {"learn": asdict(self.cfg), "tasks": self.tasks}, counters)
+        self._last_ckpt = self.learner.env_steps
+        self.write_curve()
+
+    def result(self) -> dict:
+        return {"runs": self.curve.runs(self.agent_name, self.cfg.seed), "env_steps": self.learner.env_steps,
+                "updates": self.learner.updates, "seconds": time.time() - self.t0}
+
+    def write_curve(self) -> None:
+        out = json.dumps(self.result(), indent=1)
+        for p in [self.home / "curve.json"] + ([Path(self.cfg.json)] if self.cfg.json else []):
+            tmp = p.with_suffix(".tmp")
+            tmp.write_text(out)
+            os.replace(tmp, p)
+
+    def report(self) -> None:
+        for r in self.curve.runs(self.agent_name, self.cfg.seed):
+            print(f"{r['task']:<18} success {r['final_success']:.2f} (last {self.cfg.window} episodes), "
+                  f"{r['episodes']} episodes, {r['env_steps']} steps, 80% at {r['steps_to_80']}")
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+        if self.writer:
+            self.writer.close()
+        if self._own_env and self.env is not None:
+            self.env.close()

@@ -1,0 +1,266 @@
+"""The act-and-learn loop: observe, decide (no gradient, batch 1), act through the gate, record;
+every `rollout` steps, one PPO + self-imitation + world-model update of every module (encoder
+included). Learning never stops: there is no separate training phase.
+
+Callbacks (STYLE.md 9) see every finished episode and every update; one returning False stops the loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+
+from agent.actions import KEYS, ActionType
+from agent.instruction import InstructionCache
+from agent.policy import N_TYPES, ActionBatch, Policy
+from trainer.batches import Evaluation, PPOBatch, SILBatch
+from trainer.gae import gae
+from trainer.ppo import PPOConfig, ppo_update
+from trainer.world_model import WorldModel
+
+
+class ObsBatch(NamedTuple):
+    frames: np.ndarray  # (B,H,W,3) uint8
+    instructions: list[str]
+
+
+@dataclass
+class AgentConfig:
+    encoder: str = "squirrel-vit-t16-conv"
+    """Screen encoder config (perception/configs)."""
+    pretrained: str = ""
+    """Local encoder weights to start from (e.g. from `squirrel pretrain`). Empty: random init."""
+    freeze_encoder: bool = False
+    """Freeze the screen encoder (off: it trains with everything else)."""
+    reading: bool = True
+    """Match rendered instruction words against the screen (the instruction as pixels)."""
+    rollout: int = 128
+    """Env steps between updates."""
+    gamma: float = 0.97
+    """Discount."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    curiosity: float = 0.02
+    """Weight of the world model's prediction error as an intrinsic reward (0: off)."""
+    sil_capacity: int = 4000
+    """Steps of the agent's own successful episodes kept for self-imitation."""
+    threads: int = 2
+    """torch CPU threads."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+
+
+class Agent:
+    """Policy + world model + optimiser, and the trainer's ActorCritic interface over them."""
+
+    def __init__(self, cfg: AgentConfig, text_encoder=None):
+        from perception.encoder import create_encoder
+
+        torch.set_num_threads(cfg.threads)
+        self.cfg = cfg
+        encoder = create_encoder(cfg.encoder, cfg.pretrained or None, freeze=cfg.freeze_encoder)
+        self.policy = Policy(encoder, reading=cfg.reading)
+        D = encoder.dim
+        self.action_dim = N_TYPES + D + len(KEYS)
+        self.world_model = WorldModel(encoder.pooled_dim, self.action_dim)
+        params = [p for p in list(self.policy.parameters()) + list(self.world_model.parameters()) if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=cfg.ppo.lr, eps=1e-5)
+        self.instructions = InstructionCache(text_encoder)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"policy": self.policy, "world_model": self.world_model}
+
+    def _forward(self, obs: ObsBatch):
+        x, instr = self.policy.prepare(obs.frames, self.instructions.batch(obs.instructions))
+        return self.policy(x, instr)
+
+    def action_features(self, o, a: ActionBatch) -> torch.Tensor:
+        """(B, 9 + D + 20): the action type, the fused token of the patch it points at, the key."""
+        B = a.type.shape[0]
+        is_ptr = torch.isin(a.type, torch.tensor([int(t) for t in (ActionType.CLICK, ActionType.DOUBLE_CLICK,
+                            ActionType.RIGHT_CLICK, ActionType.DRAG, ActionType.SCROLL_UP, ActionType.SCROLL_DOWN)]))
+        target = o.patches[torch.arange(B), a.patch] * is_ptr[:, None]
+        key = torch.nn.functional.one_hot(a.key, len(KEYS)) * (a.type == ActionType.KEY)[:, None]
+        return torch.cat([torch.nn.functional.one_hot(a.type, N_TYPES).float(), target, key.float()], -1)
+
+    @torch.no_grad()
+    def act(self, obs: ObsBatch, greedy: bool = False):
+        o = self._forward(obs)
+        a = self.policy.sample(o, greedy)
+        logp, _ = self.policy.log_prob_entropy(o, a)
+        return a, logp, o.value, o.state, self.action_features(o, a), o
+
+    def evaluate(self, obs: ObsBatch, actions: ActionBatch) -> Evaluation:
+        o = self._forward(obs)
+        logp, ent = self.policy.log_prob_entropy(o, actions)
+        return Evaluation(logp, ent, o.value, o.state, self.action_features(o, actions))
+
+
+class Step(NamedTuple):
+    frame: np.ndarray
+    instruction: str
+    action: ActionBatch  # batch of one
+    logp: float
+    value: float
+    reward: float
+    terminated: bool
+    truncated: bool
+    state: torch.Tensor  # (D,)
+    action_features: torch.Tensor  # (F,)
+    changed: bool
+
+
+def _cat_actions(actions: list[ActionBatch]) -> ActionBatch:
+    return ActionBatch(*(torch.cat(f) for f in zip(*actions)))
+
+
+class SelfImitationBuffer:
+    """The agent's own successful episodes: (frame, instruction, action, discounted return)."""
+
+    def __init__(self, capacity: int, gamma: float):
+        self.items: deque = deque(maxlen=capacity)
+        self.gamma = gamma
+
+    def add_episode(self, steps: list[Step]) -> None:
+        g = 0.0
+        for s in reversed(steps):
+            g = s.reward + self.gamma * g
+            self.items.append((s.frame, s.instruction, s.action, g))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def sample(self, n: int) -> SILBatch | None:
+        if len(self.items) < n:
+            return None
+        idx = np.random.randint(0, len(self.items), n)
+        rows = [self.items[i] for i in idx]
+        return SILBatch(ObsBatch(np.stack([r[0] for r in rows]), [r[1] for r in rows]),
+                        _cat_actions([r[2] for r in rows]), torch.tensor([r[3] for r in rows], dtype=torch.float32))
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    success: bool | None
+    ret: float
+    steps: int
+    env_steps: int  # total env steps so far, this one included
+    episode: int
+
+
+class Learner:
+    """Runs the loop on a (gated) env. `tasks` are assigned round-robin, one per episode."""
+
+    def __init__(self, agent: Agent, env, tasks: list[str], seed: int = 0):
+        self.agent, self.env, self.tasks = agent, env, list(tasks)
+        self.cfg = agent.cfg
+        self.rng = np.random.default_rng(seed)
+        self.sil = SelfImitationBuffer(self.cfg.sil_capacity, self.cfg.gamma)
+        self.env_steps = self.episodes = self.updates = 0
+        self.buffer: list[Step] = []
+        self._finals: dict[int, tuple[float, torch.Tensor]] = {}  # buffer index -> final obs (value, state)
+        self.episode_steps: list[Step] = []
+        self.err_mean = 1e-2  # running mean of world-model error (curiosity scale)
+        self.last_losses: dict[str, float] = {}
+        self.episode_callbacks: list[Callable[[EpisodeResult], bool | None]] = []
+        self.update_callbacks: list[Callable[[dict], bool | None]] = []
+        self._obs = None
+        self._task_i = 0
+        self.stop_requested = False
+
+    def counters(self) -> dict:
+        return {"env_steps": self.env_steps, "episodes": self.episodes, "updates": self.updates, "task_i": self._task_i}
+
+    def load_counters(self, c: dict) -> None:
+        self.env_steps, self.episodes, self.updates = c["env_steps"], c["episodes"], c["updates"]
+        self._task_i = c.get("task_i", 0)
+
+    def _reset(self):
+        task = self.tasks[self._task_i % len(self.tasks)]
+        self._task_i += 1
+        seed = int(self.rng.integers(0, 2**31 - 1))
+        obs, _ = self.env.reset(seed=seed, options={"task": task})
+        self._obs, self._task = obs, task
+        self.episode_steps, self._ret = [], 0.0
+
+    def run(self, total_steps: int) -> None:
+        """Act and learn until `total_steps` env steps in all (counting earlier runs when resumed)."""
+        if self._obs is None:
+            self._reset()
+        while self.env_steps < total_steps and not self.stop_requested:
+            obs = self._obs
+            ob = ObsBatch(obs["screen"][None], [obs["instruction"]])
+            a, logp, value, state, af, _ = self.agent.act(ob)
+            next_obs, reward, terminated, truncated, info = self.env.step(self.agent.policy.to_action(a))
+            self.env_steps += 1
+            changed = not np.array_equal(next_obs["screen"], obs["screen"])
+            step = Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(reward),
+                        bool(terminated), bool(truncated), state[0], af[0], changed)
+            self.buffer.append(step)
+            self.episode_steps.append(step)
+            self._ret += float(reward)
+            self._obs = next_obs
+            if terminated or truncated:
+                # the final observation: its value (bootstrap on truncation) and embedding (world-model target)
+                _, _, v_final, s_final, _, _ = self.agent.act(ObsBatch(next_obs["screen"][None], [next_obs["instruction"]]))
+                self._finals[len(self.buffer) - 1] = (float(v_final[0]), s_final[0])
+                success = info.get("success")
+                if success:
+                    self.sil.add_episode(self.episode_steps)
+                self.episodes += 1
+                res = EpisodeResult(self._task, success, self._ret, len(self.episode_steps), self.env_steps, self.episodes)
+                if any(cb(res) is False for cb in self.episode_callbacks):
+                    self.stop_requested = True
+                self._reset()
+            if len(self.buffer) >= self.cfg.rollout:
+                self._update()
+
+    def _update(self) -> None:
+        steps, finals = self.buffer, self._finals
+        T = len(steps)
+        # V(s_{t+1}) and the next state's embedding for every step
+        ob = ObsBatch(self._obs["screen"][None], [self._obs["instruction"]])
+        _, _, v_last, s_last, _, _ = self.agent.act(ob)
+        next_values = torch.zeros(T)
+        next_state = torch.zeros(T, steps[0].state.shape[0])
+        for t in range(T):
+            if t in finals:
+                next_values[t], next_state[t] = finals[t]
+            elif t + 1 < T:
+                next_values[t], next_state[t] = steps[t + 1].value, steps[t + 1].state
+            else:
+                next_values[t], next_state[t] = float(v_last[0]), s_last[0]
+        rewards = torch.tensor([s.reward for s in steps], dtype=torch.float32)
+        states = torch.stack([s.state for s in steps])
+        afs = torch.stack([s.action_features for s in steps])
+        if self.cfg.curiosity > 0:
+            with torch.no_grad():
+                err = WorldModel.errors(self.agent.world_model(states, afs)[0], next_state)
+            self.err_mean = 0.99 * self.err_mean + 0.01 * float(err.mean())
+            rewards = rewards + self.cfg.curiosity * (err / (self.err_mean + 1e-8)).clamp(max=5.0)
+        values = torch.tensor([s.value for s in steps])
+        adv, ret = gae(rewards, values, torch.tensor([s.terminated for s in steps]), torch.tensor([s.truncated for s in steps]),
+                       next_values, self.cfg.gamma, self.cfg.gae_lambda)
+        batch = PPOBatch(
+            obs=ObsBatch(np.stack([s.frame for s in steps]), [s.instruction for s in steps]),
+            actions=_cat_actions([s.action for s in steps]),
+            old_logp=torch.tensor([s.logp for s in steps]), old_value=values, advantages=adv, returns=ret,
+            next_state=next_state, changed=torch.tensor([float(s.changed) for s in steps]), has_next=torch.ones(T))
+        t0 = time.perf_counter()
+        self.last_losses = ppo_update(self.agent, self.agent.world_model, self.agent.optimizer, batch, self.cfg.ppo,
+                                      self.sil.sample if len(self.sil) >= self.cfg.ppo.sil_batch else None)
+        self.last_losses["update_s"] = time.perf_counter() - t0
+        self.updates += 1
+        self.buffer, self._finals = [], {}
+        info = dict(self.last_losses, updates=self.updates, env_steps=self.env_steps)
+        if any(cb(info) is False for cb in self.update_callbacks):
+            self.stop_requested = True
+
+
+def config_dict(cfg) -> dict:
+    return asdict(cfg)

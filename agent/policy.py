@@ -1,0 +1,237 @@
+"""The goal-conditioned policy over the screen encoder's patches (DESIGN.md decisions 2, 4, 5).
+
+    screen (B,3,H,W) --encoder--> patch tokens (B,N,D)  (N = gh*gw patches of 16 px)
+    instruction --MiniLM--> sentence (B,384), words (B,K,384) --proj--> goal token, word tokens (D)
+    [value/type token, goal, words, patches] --2 transformer layers--> fused tokens
+    heads: action type (9), key (20), value, TYPE span (start word, length), point and drag end
+           (a patch, then one of 4x4 sub-cells: 4 px accuracy)
+    reading: each instruction word rendered as pixels is matched (normalised cross-correlation) against
+             the screen in the encoder's own stride-4 features; a learned choice of word adds its
+             match map to the point logits, so "click the thing that says WORD" is matching.
+
+Gradients from every head (and the world model) reach the encoder: it is trained, not frozen.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Categorical
+
+from agent.actions import KEYS, POINTER_TYPES, Action, ActionType
+from agent.instruction import MAX_WORDS
+
+SUB = 4  # sub-cells per patch side
+N_TYPES = len(ActionType)
+SPAN_LENS = 4
+POINTER_IDS = sorted(int(t) for t in POINTER_TYPES)
+
+
+class ActionBatch(NamedTuple):
+    """Every head's choice (all sampled; only those the type uses count). Each (B,) int64."""
+
+    type: torch.Tensor
+    patch: torch.Tensor
+    sub: torch.Tensor
+    patch2: torch.Tensor
+    sub2: torch.Tensor
+    key: torch.Tensor
+    start: torch.Tensor
+    length: torch.Tensor
+
+
+class PolicyOutput(NamedTuple):
+    type_logits: torch.Tensor  # (B,9)
+    key_logits: torch.Tensor  # (B,20)
+    start_logits: torch.Tensor  # (B,K)
+    len_logits: torch.Tensor  # (B,4)
+    patch_logits: torch.Tensor  # (B,N)
+    sub_logits: torch.Tensor  # (B,N,16)
+    patch2_logits: torch.Tensor  # (B,N)
+    sub2_logits: torch.Tensor  # (B,N,16)
+    value: torch.Tensor  # (B,)
+    state: torch.Tensor  # (B,D) pooled screen embedding (world-model input, memory key)
+    patches: torch.Tensor  # (B,N,D) fused patch tokens (the appearance of what a click hits)
+    match: torch.Tensor  # (B,N,16) the chosen word's match map
+
+
+class ReadingMatcher(nn.Module):
+    """Normalised cross-correlation of rendered words against the screen, in shared stride-4 features."""
+
+    def __init__(self, stem: nn.Module, stem_channels: int, channels: int = 8):
+        super().__init__()
+        self.stem = stem  # (B,3,H,W) -> (B,C,H/4,W/4); shared with the encoder when it has a conv stem
+        self.proj = nn.Conv2d(stem_channels, channels, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.stem(x))
+
+    def forward(self, screen: torch.Tensor, words: torch.Tensor, widths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """screen (B,3,H,W), words (B,K,3,16,80) preprocessed, widths (B,K) px, mask (B,K) -> (B,K,H/4,W/4) in [-1,1]."""
+        B, K = widths.shape
+        f = self.features(screen)  # (B,C,h,w)
+        C, h, w = f.shape[1:]
+        valid = mask.flatten().nonzero()[:, 0]
+        tv = self.features(words.flatten(0, 1)[valid])  # only real words: (V,C,4,24)
+        th, tw = tv.shape[2:]
+        t = tv.new_zeros(B * K, C, th, tw).index_copy(0, valid, tv)  # (B*K,C,4,20)
+        cols = torch.arange(tw, device=t.device)
+        half = (widths.flatten() / 8.0).clamp(min=1.0)  # half-width in stride-4 cells
+        m = ((cols[None] + 0.5 - tw / 2).abs() <= half[:, None]).float()  # (B*K,tw)
+        m = m[:, None, None, :].expand(-1, 1, th, tw)  # (B*K,1,th,tw)
+        n = (m.sum((1, 2, 3)) * C).clamp(min=1)  # (B*K,)
+        mean = (t * m).sum((1, 2, 3)) / n
+        t = (t - mean[:, None, None, None]) * m  # zero-mean inside the word, zero outside
+        pad = (th // 2, tw // 2)
+        num = F.conv2d(f.reshape(1, B * C, h, w), t, padding=pad, groups=B)[0, :, :h, :w]  # (B*K,h,w)
+        s1 = F.conv2d(f.sum(1, keepdim=True).reshape(1, B, h, w), m, padding=pad, groups=B)[0, :, :h, :w]
+        s2 = F.conv2d((f * f).sum(1, keepdim=True).reshape(1, B, h, w), m, padding=pad, groups=B)[0, :, :h, :w]
+        var = (s2 - s1 * s1 / n[:, None, None]).clamp(min=1e-4)
+        r = num / (var.sqrt() * t.flatten(1).norm(dim=1).clamp(min=1e-4)[:, None, None])
+        return r.reshape(B, K, h, w)
+
+
+def _small_stem(channels: int = 32) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, channels // 2, 3, 2, 1), nn.GELU(), nn.Conv2d(channels // 2, channels, 3, 2, 1), nn.GELU())
+
+
+class Policy(nn.Module):
+    def __init__(self, encoder: nn.Module, text_dim: int = 384, layers: int = 2, heads: int = 4, reading: bool = True):
+        super().__init__()
+        self.encoder, self.reading = encoder, reading
+        D = encoder.dim
+        self.grid = tuple(encoder.grid)  # (gh, gw)
+        self.patch = encoder.patch_size
+        self.goal_proj = nn.Linear(text_dim, D)
+        self.word_proj = nn.Linear(text_dim, D)
+        self.word_pos = nn.Parameter(torch.zeros(1, MAX_WORDS, D))
+        self.cls = nn.Parameter(torch.zeros(1, 1, D))
+        layer = nn.TransformerEncoderLayer(D, heads, 2 * D, dropout=0.0, batch_first=True, norm_first=True)
+        self.fuse = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(D)
+        self.type_head, self.key_head, self.value_head = nn.Linear(D, N_TYPES), nn.Linear(D, len(KEYS)), nn.Linear(D, 1)
+        with torch.no_grad():  # a GUI prior: most actions are clicks, few are "done" (p(click) ~ 0.36 at init)
+            self.type_head.bias.zero_()
+            self.type_head.bias[ActionType.CLICK] = 1.5
+            self.type_head.bias[ActionType.DONE] = -1.0
+        self.len_head = nn.Linear(D, SPAN_LENS)
+        self.start_head = nn.Linear(D, 1)
+        self.point_head, self.point2_head = nn.Linear(D, 1 + SUB * SUB), nn.Linear(D, 1 + SUB * SUB)
+        if reading:
+            conv1 = getattr(encoder.visual, "conv1", None)
+            if isinstance(conv1, nn.Sequential) and len(conv1) >= 4:  # the encoder's own conv stem, shared
+                stem, ch = conv1[:4], conv1[2].out_channels
+            else:
+                stem, ch = _small_stem(), 32
+            self.matcher = ReadingMatcher(stem, ch)
+            self.word_select = nn.Linear(D, 1)
+            self.match_gain = nn.Parameter(torch.tensor(4.0))
+
+    def forward(self, x: torch.Tensor, instr: dict[str, torch.Tensor]) -> PolicyOutput:
+        """x: preprocessed screens (B,3,H,W); instr: InstructionCache.batch() plus 'word_x' (B,K,3,16,96)."""
+        tokens, pooled = self.encoder(x)  # (B,N,D), (B,D)
+        B, N, D = tokens.shape
+        mask = instr["word_mask"]  # (B,K) bool
+        K = mask.shape[1]
+        goal = self.goal_proj(instr["sentence"])[:, None]  # (B,1,D)
+        words = self.word_proj(instr["words"]) + self.word_pos[:, :K]  # (B,K,D)
+        seq = torch.cat([self.cls.expand(B, -1, -1) + goal, goal, words, tokens], 1)  # (B,2+K+N,D)
+        pad = torch.cat([torch.zeros(B, 2, dtype=torch.bool), ~mask, torch.zeros(B, N, dtype=torch.bool)], 1)
+        out = self.norm(self.fuse(seq, src_key_padding_mask=pad))
+        h, w_out, p_out = out[:, 0], out[:, 2:2 + K], out[:, 2 + K:]  # (B,D), (B,K,D), (B,N,D)
+        neg = torch.finfo(out.dtype).min
+        start_logits = self.start_head(w_out)[..., 0].masked_fill(~mask, neg)  # (B,K)
+        pl, pl2 = self.point_head(p_out), self.point2_head(p_out)  # (B,N,17)
+        patch_logits, sub_logits = pl[..., 0], pl[..., 1:]
+        match = torch.zeros(B, N, SUB * SUB)
+        if self.reading:
+            r = self.matcher(x, instr["word_x"], instr["word_widths"], mask)  # (B,K,h,w) stride-4 maps
+            sel = self.word_select(w_out)[..., 0].masked_fill(~mask, neg).softmax(-1)  # (B,K) which word to find
+            m = torch.einsum("bk,bkhw->bhw", sel, r)  # (B,h,w)
+            gh, gw = self.grid
+            match = m[:, : gh * SUB, : gw * SUB].reshape(B, gh, SUB, gw, SUB).permute(0, 1, 3, 2, 4).reshape(B, N, SUB * SUB)
+            sub_logits = sub_logits + self.match_gain * match
+            patch_logits = patch_logits + self.match_gain * match.amax(-1)
+        return PolicyOutput(self.type_head(h), self.key_head(h), start_logits, self.len_head(h), patch_logits, sub_logits,
+                            pl2[..., 0], pl2[..., 1:], self.value_head(h)[..., 0], pooled, p_out, match)
+
+    def prepare(self, frames, instr: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """uint8 frames (B,H,W,3) and InstructionCache.batch() -> forward()'s inputs."""
+        x = self.encoder.preprocess(frames)
+        if self.reading:
+            wp = instr["word_pixels"]  # (B,K,16,96,3) uint8
+            B, K = wp.shape[:2]
+            wx = _prep_words(self.encoder, wp)
+            instr = dict(instr, word_x=wx.reshape(B, K, 3, *wx.shape[2:]))
+        return x, instr
+
+    # -- distributions -------------------------------------------------------------------------------
+    def sample(self, o: PolicyOutput, greedy: bool = False) -> ActionBatch:
+        def pick(logits):
+            return logits.argmax(-1) if greedy else Categorical(logits=logits).sample()
+
+        B = o.type_logits.shape[0]
+        ar = torch.arange(B)
+        patch, patch2 = pick(o.patch_logits), pick(o.patch2_logits)
+        return ActionBatch(pick(o.type_logits), patch, pick(o.sub_logits[ar, patch]), patch2, pick(o.sub2_logits[ar, patch2]),
+                           pick(o.key_logits), pick(o.start_logits), pick(o.len_logits))
+
+    def log_prob_entropy(self, o: PolicyOutput, a: ActionBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi(a|s) counting only the heads the action type uses, and the policy's entropy (B,)."""
+        ar = torch.arange(a.type.shape[0])
+        t = Categorical(logits=o.type_logits)
+        heads = {
+            "point": (Categorical(logits=o.patch_logits), Categorical(logits=o.sub_logits[ar, a.patch]), a.patch, a.sub),
+            "point2": (Categorical(logits=o.patch2_logits), Categorical(logits=o.sub2_logits[ar, a.patch2]), a.patch2, a.sub2),
+        }
+        key, start, length = Categorical(logits=o.key_logits), Categorical(logits=o.start_logits), Categorical(logits=o.len_logits)
+        is_ptr = torch.isin(a.type, torch.tensor(POINTER_IDS))
+        is_drag, is_key, is_type = a.type == ActionType.DRAG, a.type == ActionType.KEY, a.type == ActionType.TYPE
+        pc, sc, pi, si = heads["point"]
+        p2c, s2c, p2i, s2i = heads["point2"]
+        logp = (t.log_prob(a.type) + is_ptr * (pc.log_prob(pi) + sc.log_prob(si)) + is_drag * (p2c.log_prob(p2i) + s2c.log_prob(s2i))
+                + is_key * key.log_prob(a.key) + is_type * (start.log_prob(a.start) + length.log_prob(a.length)))
+        pt = t.probs.detach()
+        p_ptr = pt[:, POINTER_IDS].sum(-1)
+        ent = (t.entropy() + p_ptr * (pc.entropy() + sc.entropy()) / 2 + pt[:, ActionType.DRAG] * p2c.entropy() / 2
+               + pt[:, ActionType.KEY] * key.entropy() + pt[:, ActionType.TYPE] * start.entropy())
+        return logp, ent
+
+    # -- pixels <-> actions --------------------------------------------------------------------------
+    def to_action(self, a: ActionBatch, i: int = 0) -> Action:
+        """The env action for row i of a batch (pixel points from patch + sub-cell)."""
+        def point(patch, sub):
+            gh, gw = self.grid
+            p, s = int(patch), int(sub)
+            step = self.patch // SUB
+            return (p % gw) * self.patch + (s % SUB) * step + step // 2, (p // gw) * self.patch + (s // SUB) * step + step // 2
+
+        t = ActionType(int(a.type[i]))
+        x, y = point(a.patch[i], a.sub[i])
+        x2, y2 = point(a.patch2[i], a.sub2[i])
+        start = int(a.start[i])
+        return Action(t, x, y, x2, y2, KEYS[int(a.key[i])] if t == ActionType.KEY else "", (start, start + int(a.length[i])))
+
+    def from_action(self, action: Action) -> dict[str, int]:
+        """Head indices for an env action (used to learn from actions not sampled by the policy)."""
+        def cell(x, y):
+            gh, gw = self.grid
+            step = self.patch // SUB
+            px, py = min(max(x, 0), gw * self.patch - 1), min(max(y, 0), gh * self.patch - 1)
+            return (py // self.patch) * gw + px // self.patch, ((py % self.patch) // step) * SUB + (px % self.patch) // step
+
+        patch, sub = cell(action.x, action.y)
+        patch2, sub2 = cell(action.x2, action.y2)
+        return {"type": int(action.type), "patch": patch, "sub": sub, "patch2": patch2, "sub2": sub2,
+                "key": KEYS.index(action.key) if action.key else 0, "start": action.span[0],
+                "length": min(max(action.span[1] - action.span[0], 0), SPAN_LENS - 1)}
+
+
+def _prep_words(encoder, wp: torch.Tensor) -> torch.Tensor:
+    """(B,K,h,w,3) uint8 word renderings -> (B*K,3,h,w) normalised like the screen."""
+    mean = torch.tensor(encoder.mean).view(1, 3, 1, 1)
+    std = torch.tensor(encoder.std).view(1, 3, 1, 1)
+    return (wp.flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0 - mean) / std

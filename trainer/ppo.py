@@ -1,0 +1,93 @@
+"""One learning step: PPO (clipped policy loss, value loss, entropy) + self-imitation + world model,
+summed, and one optimiser step over every module (encoder included). Reads top to bottom.
+
+    batch (B samples) -> model.evaluate -> logp, entropy, value, state, action features
+    ppo   = -min(r*A, clip(r)*A) + vf_coef*(V-R)^2 - ent_coef*H          r = exp(logp - old_logp)
+    sil   = -logp*max(R-V,0) + 0.5*sil_vf*max(R-V,0)^2                   (own successful steps)
+    wm    = (1 - cos(pred_next, next_state)) + BCE(change_logit, changed)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from trainer.batches import ActorCritic, PPOBatch, SILBatch, size, take
+from trainer.world_model import WorldModel
+
+
+@dataclass
+class PPOConfig:
+    lr: float = 3e-4
+    """Adam learning rate (encoder, policy and world model together)."""
+    clip: float = 0.2
+    """PPO ratio clip."""
+    epochs: int = 2
+    """Passes over each rollout."""
+    minibatch: int = 32
+    """Samples per optimiser step."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    ent_coef: float = 0.01
+    """Weight of the entropy bonus."""
+    sil_coef: float = 1.0
+    """Weight of self-imitation on the agent's own successes (0: off)."""
+    sil_batch: int = 16
+    """Self-imitation samples added to each optimiser step."""
+    wm_coef: float = 0.5
+    """Weight of the world-model loss."""
+    max_grad_norm: float = 0.5
+    """Gradient clipping."""
+
+
+def ppo_step(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, batch: PPOBatch, cfg: PPOConfig,
+             sil: SILBatch | None = None) -> dict[str, float]:
+    """The losses of one minibatch, then one optimiser step. Returns the loss terms."""
+    ev = model.evaluate(batch.obs, batch.actions)
+    adv = batch.advantages
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8) if adv.numel() > 1 else adv
+    ratio = torch.exp(ev.logp - batch.old_logp)  # (B,)
+    pg = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv).mean()
+    vf = F.mse_loss(ev.value, batch.returns)
+    ent = ev.entropy.mean()
+    pred, change_logit = wm(ev.state, ev.action_features)
+    m = batch.has_next
+    wm_err = (WorldModel.errors(pred, batch.next_state) * m).sum() / m.sum().clamp(min=1)
+    wm_change = (F.binary_cross_entropy_with_logits(change_logit, batch.changed, reduction="none") * m).sum() / m.sum().clamp(min=1)
+    loss = pg + cfg.vf_coef * vf - cfg.ent_coef * ent + cfg.wm_coef * (wm_err + wm_change)
+    out = {}
+    if sil is not None and cfg.sil_coef > 0 and size(sil.returns) > 0:
+        ev_s = model.evaluate(sil.obs, sil.actions)
+        gap = (sil.returns - ev_s.value).clamp(min=0)  # only where the past success beats the estimate
+        sil_loss = -(ev_s.logp * gap.detach()).mean() + 0.5 * 0.01 * (gap ** 2).mean()
+        loss = loss + cfg.sil_coef * sil_loss
+        out["sil"] = float(sil_loss.detach())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for g in opt.param_groups for p in g["params"]]
+    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    opt.step()
+    with torch.no_grad():
+        approx_kl = float(((ratio - 1) - torch.log(ratio)).mean())
+    out.update({k: float(v.detach()) for k, v in dict(loss=loss, pg=pg, vf=vf, entropy=ent, wm=wm_err,
+                                                       wm_change=wm_change, grad_norm=gnorm).items()}, kl=approx_kl)
+    return out
+
+
+def ppo_update(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, batch: PPOBatch, cfg: PPOConfig,
+               sil_sampler=None) -> dict[str, float]:
+    """`cfg.epochs` passes over the rollout in shuffled minibatches; returns mean loss terms."""
+    n = size(batch.old_logp)
+    logs: dict[str, list[float]] = {}
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n)
+        for i in range(0, n, cfg.minibatch):
+            idx = perm[i: i + cfg.minibatch]
+            if len(idx) < 2:
+                continue
+            sil = sil_sampler(cfg.sil_batch) if sil_sampler is not None else None
+            for k, v in ppo_step(model, wm, opt, take(batch, idx), cfg, sil).items():
+                logs.setdefault(k, []).append(v)
+    return {k: sum(v) / len(v) for k, v in logs.items()}
