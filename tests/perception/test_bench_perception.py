@@ -18,6 +18,7 @@ def test_bench_perception_smoke(tmp_path, monkeypatch):
     assert r["default"] == "squirrel-vit-t16"
     c = r["configs"]["squirrel-vit-t16"]
     assert {"forward_b1_ms_median", "fwd_bwd_b32_ms_median", "params"} <= set(c)
+    assert 0 < c["forward_b1_ms_best_round_median"] <= c["forward_b1_ms_p90"]
     assert c["params"] > 1_000_000 and c["forward_b1_ms_median"] > 0 and c["fwd_bwd_b32_ms_median"] > 0
     assert 0 < r["capture_ms_median"] < 50 and 0 < r["preprocess_ms_median"] < 50
     assert {"cold_ms", "cached_ms"} <= set(r["text"]) and r["text"]["cached_ms"] < r["text"]["cold_ms"]
