@@ -94,6 +94,14 @@ def make_task_env(tasks: list[str], display: str | None):
     """One gated env on one desktop that can run any of `tasks` (reset(options={"task": ...}))."""
     from agent.registration import PLAYGROUND_TASKS, make_env
 
+    if all(t.startswith("fake-") for t in tasks):  # the display-free fake desktop (tests, CI smoke runs)
+        from agent.fake import FakeDesktopEnv
+        from agent.gate import SafetyGate
+
+        kind = tasks[0][len("fake-"):]
+        if kind not in ("click", "type") or len(set(tasks)) > 1:
+            raise UserError("fake tasks: use exactly one of fake-click or fake-type")
+        return SafetyGate(FakeDesktopEnv(kind, n_boxes=1, box=48) if kind == "click" else FakeDesktopEnv(kind))
     unknown = [t for t in tasks if t not in PLAYGROUND_TASKS]
     if unknown:
         raise UserError(f"unknown task {unknown[0]!r}; `squirrel tasks` lists the tasks "
