@@ -58,13 +58,16 @@ class Curve:
         self.points: dict[str, list] = defaultdict(list)
         self.episodes: dict[str, int] = defaultdict(int)
 
-    def add(self, task: str, success: bool | None, steps: int) -> None:
+    def add(self, task: str, success: bool | None, steps: int) -> bool:
+        """Record an episode; True when it added a curve point."""
         self.recent[task].append(1.0 if success else 0.0)
         self.episodes[task] += 1
         before = self.task_steps[task]
         self.task_steps[task] += steps
         if self.task_steps[task] // self.every > before // self.every:
             self.points[task].append([self.task_steps[task], self.rate(task)])
+            return True
+        return False
 
     def rate(self, task: str) -> float:
         r = self.recent[task]
@@ -184,7 +187,8 @@ class LearnRun:
         self.save()
 
     def _on_episode(self, r) -> None:
-        self.curve.add(r.task, r.success, r.steps)
+        if self.curve.add(r.task, r.success, r.steps):
+            self.write_curve()
         if self.writer:
             self.writer.add_scalar(f"success/{r.task}", float(bool(r.success)), r.env_steps)
             self.writer.add_scalar(f"return/{r.task}", r.ret, r.env_steps)

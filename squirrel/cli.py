@@ -17,6 +17,7 @@ from squirrel.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("squirrel.doctor:main", "check the machine: display, XTest, capture, Qt, torch, MiniLM"),
     "tasks": ("squirrel.listing:main", "list every available task with its source"),
+    "demo": ("agent.demo:main", "watch the agent learn playground tasks from scratch; writes a report"),
     "learn": ("agent.learn_cli:main", "learn tasks from pixels, online: progress bar, TensorBoard, checkpoints, curve"),
     "playground": ("agent.playground_cli:main", "show the playground tasks on a display, solved by their oracle"),
 }
@@ -24,6 +25,7 @@ BENCH: dict[str, tuple[str, str]] = {
     "env": ("agent.bench_env:main", "desktop env: oracle success and speed, settle/capture/action ms"),
     "perception": ("perception.bench:main", "capture, preprocessing, encoder and instruction-encoder speed"),
     "memory": ("memory.bench:main", "kNN query latency, insert throughput, database size"),
+    "learn": ("agent.bench_learn:main", "learning curves: squirrel vs random vs SB3 PPO"),
 }
 
 
