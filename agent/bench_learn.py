@@ -114,13 +114,23 @@ def _command(cfg: BenchLearnConfig, task: str, agent: str, seed: int, out: Path,
              "--sb3-n-steps", str(cfg.sb3_n_steps), "--sb3-batch-size", str(cfg.sb3_batch_size)] + common)
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the bench process dies, even by SIGKILL (Linux PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def _start(job: Job) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     job.logf = open(job.log, "w")
     job.t0 = time.time()
     # its own session: a Ctrl-C reaches only us, and we stop the children in order (SIGTERM, then SIGKILL)
     job.proc = subprocess.Popen(job.cmd, stdout=job.logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True, preexec_fn=_die_with_parent)
 
 
 def _finish(job: Job, code: int) -> dict:
@@ -272,13 +282,13 @@ def main(argv: list[str], prog: str) -> int:
                     s80 = r["steps_to_80"] if r["steps_to_80"] is not None else "never"
                     print(f"{head}  final success {r['final_success']:.2f}  80% at {s80}  "
                           f"{r['minutes']:.1f} min", flush=True)
-    except KeyboardInterrupt:
-        print(f"\nbench learn: stopping {len(running)} running runs", flush=True)
+    except BaseException:  # Ctrl-C, SIGTERM, or our own error: stop the children first, then report
         _stop(running)
         _write(cfg.json, cfg, tasks, agents, runs, finished=False)
-        print(f"wrote {cfg.json} ({len(runs)} of {total} runs)")
         if not cfg.workdir:
             shutil.rmtree(work, ignore_errors=True)
+        print(f"\nbench learn: stopped {len(running)} running runs; wrote {cfg.json} ({len(runs)} of {total} runs)",
+              flush=True)
         raise
     _write(cfg.json, cfg, tasks, agents, runs, finished=True)
     _print_summary(cfg, tasks, agents, runs)

@@ -140,24 +140,41 @@ def test_a_failed_run_is_reported_and_the_exit_code_is_not_zero(tmp_path):
     assert "FAILED" in r.stdout
 
 
-def test_ctrl_c_stops_every_child_and_keeps_the_json(tmp_path):
+def start_long_bench(tmp_path):
     out, work = tmp_path / "bench.json", tmp_path / "work"
     p = subprocess.Popen([sys.executable, "-m", "squirrel", "bench", "learn", "--tasks", "fake-click", "--agents",
                           "random", "--seeds", "2", "--steps", "1000000", "--json", str(out), "--workdir", str(work)],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def children():
+        return subprocess.run(["pgrep", "-f", f"agent.bench_learn --worker.*{work}"],
+                              capture_output=True, text=True).stdout.split()
+
     deadline = time.time() + 60
-    while not list(work.glob("*.log")) and time.time() < deadline:
+    while len(children()) < 2 and time.time() < deadline:
         time.sleep(0.2)
-    children = lambda: subprocess.run(["pgrep", "-f", f"agent.bench_learn --worker.*{work}"],  # noqa: E731
-                                      capture_output=True, text=True).stdout.split()
-    while not children() and time.time() < deadline:
-        time.sleep(0.2)
-    assert children()
-    time.sleep(1)
-    p.send_signal(signal.SIGINT)
-    stdout, _ = p.communicate(timeout=60)
-    assert p.returncode == 130, stdout
-    assert not children() and json.loads(out.read_text())["finished"] is False
+    return p, out, children
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_stopping_the_bench_stops_every_child(tmp_path, how):
+    p, out, children = start_long_bench(tmp_path)
+    try:
+        assert len(children()) == 2
+        time.sleep(1)
+        p.send_signal(how)
+        stdout, _ = p.communicate(timeout=60)
+        deadline = time.time() + 20
+        while children() and time.time() < deadline:  # SIGKILL: the children get SIGTERM from the kernel
+            time.sleep(0.2)
+        assert not children()
+        if how == signal.SIGINT:
+            assert p.returncode == 130, stdout
+            assert json.loads(out.read_text())["finished"] is False
+    finally:
+        if p.poll() is None:
+            p.terminate()
+            p.wait(30)
 
 
 def test_help_shows_the_field_docs():
