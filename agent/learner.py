@@ -31,8 +31,9 @@ class ObsBatch(NamedTuple):
 
 @dataclass
 class AgentConfig:
-    encoder: str = "squirrel-vit-t16-conv"
-    """Screen encoder config (perception/configs)."""
+    encoder: str = "squirrel-vit-a16-conv"
+    """Screen encoder config (perception/configs): the agent's default is the lean conv-stem tower, whose
+    stride-4 features the word matcher shares; forward+backward is what limits learning speed here."""
     pretrained: str = ""
     """Local encoder weights to start from (e.g. from `squirrel pretrain`). Empty: random init."""
     freeze_encoder: bool = False
@@ -49,8 +50,10 @@ class AgentConfig:
     """Weight of the world model's prediction error as an intrinsic reward (0: off)."""
     sil_capacity: int = 4000
     """Steps of the agent's own successful episodes kept for self-imitation."""
-    threads: int = 2
-    """torch CPU threads."""
+    threads: int = 1
+    """torch CPU threads (1 is faster than 2 when anything else shares the cores)."""
+    fusion_layers: int = 1
+    """Transformer layers fusing instruction and screen tokens."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
 
 
@@ -63,7 +66,7 @@ class Agent:
         torch.set_num_threads(cfg.threads)
         self.cfg = cfg
         encoder = create_encoder(cfg.encoder, cfg.pretrained or None, freeze=cfg.freeze_encoder)
-        self.policy = Policy(encoder, reading=cfg.reading)
+        self.policy = Policy(encoder, reading=cfg.reading, layers=cfg.fusion_layers)
         D = encoder.dim
         self.action_dim = N_TYPES + D + len(KEYS)
         self.world_model = WorldModel(encoder.pooled_dim, self.action_dim)

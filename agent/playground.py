@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 from squirrel.errors import UserError
 
@@ -26,12 +26,15 @@ class PlaygroundHost:
         self._tmp = tempfile.mkdtemp(prefix="squirrel-pg-")
         self.path = os.path.join(self._tmp, "host.sock")
         env = dict(display_env, QT_QPA_PLATFORM="xcb")
+        self.log_path = os.path.join(self._tmp, "host.log")
+        self._log = open(self.log_path, "w")  # the app's stderr goes to a file: a pipe nobody reads would fill and block it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "playground.host", "--socket", self.path, "--x", str(origin[0]), "--y", str(origin[1])],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+            env=env, stdout=subprocess.PIPE, stderr=self._log, text=True, start_new_session=True)
         line = self.proc.stdout.readline()  # "ready" once the server listens
         if line.strip() != "ready":
-            err = self.proc.stderr.read()[-500:] if self.proc.poll() is not None else ""
+            self.proc.wait(5) if self.proc.poll() is None else None
+            err = self.log_tail()
             self.close()
             raise UserError(f"the playground app did not start on {env.get('DISPLAY')}: {err.strip() or 'no output'} "
                             "(run `squirrel doctor`)")
@@ -44,11 +47,18 @@ class PlaygroundHost:
         self.sock.sendall(json.dumps({"cmd": cmd, **kw}).encode() + b"\n")
         line = self._file.readline()
         if not line:
-            raise RuntimeError(f"the playground app closed the connection (exit code {self.proc.poll()})")
+            raise RuntimeError(f"the playground app closed the connection (exit code {self.proc.poll()}): {self.log_tail()}")
         reply = json.loads(line)
         if not reply.pop("ok"):
             raise RuntimeError(f"playground: {reply['error']}\n{reply.get('trace', '')}")
         return reply
+
+    def log_tail(self, n: int = 800) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-n:].strip()
+        except OSError:
+            return ""
 
     @property
     def alive(self) -> bool:
@@ -69,20 +79,7 @@ class PlaygroundHost:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f:
-                f.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-        os.rmdir(self._tmp) if os.path.isdir(self._tmp) and not os.listdir(self._tmp) else None
-
-
-def wait_until(pred, timeout_s: float, poll_s: float = 0.001) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(poll_s)
-    return pred()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self._log.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
