@@ -133,19 +133,22 @@ def _start(job: Job) -> None:
                                 env=env, start_new_session=True, preexec_fn=_die_with_parent)
 
 
-def _finish(job: Job, code: int) -> dict:
+def _finish(job: Job, code: int, steps: int) -> dict:
     job.logf.close()
     minutes = (time.time() - job.t0) / 60
     base = {"task": job.task, "agent": job.agent, "seed": job.seed, "minutes": round(minutes, 3)}
     if code == 0 and job.out.exists():
         res = json.loads(job.out.read_text())
         run = next((r for r in res["runs"] if r["task"] == job.task), None)
+        if res.get("env_steps", 0) < steps:  # e.g. a squirrel learn stopped by a signal saves and exits 0
+            run, err = None, f"the run stopped early, at {res.get('env_steps')} of {steps} env steps"
+        elif run is None:
+            err = f"the run finished without a curve for {job.task} (fewer than --curve-every steps?)"
         if run is not None:
             run = {k: v for k, v in run.items() if k not in ("task", "agent", "seed")}
             run["steps_to_80"] = steps_to_80(run["curve"])
             secs = res.get("seconds") or minutes * 60
             return dict(base, **run, steps_per_s=round(res.get("env_steps", 0) / max(secs, 1e-9), 2))
-        err = f"the run finished without a curve for {job.task} (fewer than --curve-every steps?)"
     else:
         lines = job.log.read_text(errors="replace").strip().splitlines()
         err = f"exit code {code}: " + "\n".join(lines[-15:])
@@ -194,6 +197,7 @@ def summarize(runs: list[dict], tasks: list[str], agents: list[str], steps: int,
 
 def _write(path: str, cfg: BenchLearnConfig, tasks, agents, runs: list[dict], finished: bool) -> None:
     summary, ratio, lower = summarize(runs, tasks, agents, cfg.steps, cfg.curve_every)
+    runs = sorted(runs, key=lambda r: (tasks.index(r["task"]), agents.index(r["agent"]), r["seed"]))
     out = {"runs": runs, "steps": cfg.steps, "seeds": cfg.seeds, "tasks": tasks, "agents": agents,
            "curve_every": cfg.curve_every, "window": cfg.window,
            "sb3": {"policy": "MultiInputPolicy", "n_steps": cfg.sb3_n_steps, "batch_size": cfg.sb3_batch_size},
@@ -272,7 +276,7 @@ def main(argv: list[str], prog: str) -> int:
             time.sleep(0.5)
             for job in [j for j in running if j.proc.poll() is not None]:
                 running.remove(job)
-                r = _finish(job, job.proc.returncode)
+                r = _finish(job, job.proc.returncode, cfg.steps)
                 runs.append(r)
                 _write(cfg.json, cfg, tasks, agents, runs, finished=False)
                 head = f"[{len(runs)}/{total}] {r['task']:<16} {r['agent']:<9} seed {r['seed']}"
