@@ -142,7 +142,7 @@ class LearnRun:
         self.home = Path(cfg.home)
         self.env, self._own_env = env, env is None
         self.curve = Curve(cfg.window, cfg.curve_every)
-        self.writer = self.bar = None
+        self.writer = self.bar = self.db = None
         self.t0 = time.time()
         self._last_ckpt = 0
 
@@ -152,7 +152,11 @@ class LearnRun:
         from agent.learner import Agent, Learner
         from trainer.checkpoint import load_latest, restore
 
+        from memory.db import AgentDB
+
         self.home.mkdir(parents=True, exist_ok=True)
+        self.db = AgentDB.open(self.home)
+        self.db.abandon_unfinished()
         torch.manual_seed(self.cfg.seed)
         np.random.seed(self.cfg.seed)
         self.agent = Agent(self.cfg.agent)
@@ -186,7 +190,20 @@ class LearnRun:
         self.learner.run(self.cfg.steps)
         self.save()
 
+    def _record(self, r) -> None:
+        """The episode and its steps into the agent's database (episodes survive a crash once written)."""
+        D = self.agent.policy.encoder.dim
+        eid = self.db.begin_episode(r.task, r.seed, r.instruction)
+        for i, st in enumerate(r.transitions):
+            act = self.agent.policy.to_action(st.action)
+            d = dict(act.to_dict(), kind=act.type.name.lower())
+            target = st.action_features[9:9 + D].numpy() if "x" in d else None
+            self.db.add_step(eid, i, d, st.reward, target=target)
+        self.db.end_episode(eid, bool(r.success), r.ret, r.steps)
+
     def _on_episode(self, r) -> None:
+        if self.db is not None:
+            self._record(r)
         if self.curve.add(r.task, r.success, r.steps):
             self.write_curve()
         if self.writer:
@@ -237,5 +254,7 @@ class LearnRun:
             self.bar.close()
         if self.writer:
             self.writer.close()
+        if self.db is not None:
+            self.db.close()
         if self._own_env and self.env is not None:
             self.env.close()

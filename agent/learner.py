@@ -154,6 +154,9 @@ class EpisodeResult:
     steps: int
     env_steps: int  # total env steps so far, this one included
     episode: int
+    seed: int = 0
+    instruction: str = ""
+    transitions: list = field(default_factory=list)  # the episode's Steps
 
 
 class Learner:
@@ -188,7 +191,7 @@ class Learner:
         self._task_i += 1
         seed = int(self.rng.integers(0, 2**31 - 1))
         obs, _ = self.env.reset(seed=seed, options={"task": task})
-        self._obs, self._task = obs, task
+        self._obs, self._task, self._seed = obs, task, seed
         self.episode_steps, self._ret = [], 0.0
 
     def run(self, total_steps: int) -> None:
@@ -216,7 +219,8 @@ class Learner:
                 if success:
                     self.sil.add_episode(self.episode_steps)
                 self.episodes += 1
-                res = EpisodeResult(self._task, success, self._ret, len(self.episode_steps), self.env_steps, self.episodes)
+                res = EpisodeResult(self._task, success, self._ret, len(self.episode_steps), self.env_steps, self.episodes,
+                                    self._seed, obs["instruction"], self.episode_steps)
                 if any(cb(res) is False for cb in self.episode_callbacks):
                     self.stop_requested = True
                 self._reset()

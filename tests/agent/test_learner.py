@@ -60,6 +60,13 @@ def test_resume_continues_counters_and_weights(tmp_path):
         assert torch.equal(v, weights[k]), k
     assert run2.curve.state()["task_steps"] == run.curve.state()["task_steps"]
     run2.close()
+    from memory.db import AgentDB
+
+    with AgentDB.open(tmp_path) as db:  # every finished episode is in the database, with its steps
+        eps = db.episodes()
+        assert len(eps) == counters["episodes"] and all(e.steps == len(db.steps(e.id)) for e in eps[:5])
+        assert db.steps(eps[0].id)[0].action["kind"] in ("click", "double_click", "right_click", "drag", "scroll_up",
+                                                          "scroll_down", "key", "type", "done")
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
