@@ -126,7 +126,10 @@ class ScreenEnv(gym.Env, ABC):
         reward = -self.step_cost + ((1.0 if status["success"] else -1.0 if status["success"] is False else 0.0)
                                     if terminated else 0.0)
         truncated = not terminated and self.steps >= self.max_steps
-        info = self._info(done=terminated, success=status["success"])
+        success = status["success"]
+        if truncated:  # the task was not done within its step budget: that is a failure too
+            reward, success = reward - 1.0, False
+        info = self._info(done=terminated, success=success)
         info.update({k: v for k, v in status.items() if k not in ("done", "success")})
         if typed is None and a.type == ActionType.TYPE:
             info["invalid_span"] = True
@@ -136,9 +139,9 @@ class ScreenEnv(gym.Env, ABC):
         """Count a step without acting (the gate refused the action)."""
         self.steps += 1
         truncated = self.steps >= self.max_steps
-        info = self._info(done=False, success=None)
+        info = self._info(done=False, success=False if truncated else None)
         info["refused"] = reason
-        return self._obs(), -self.step_cost, False, truncated, info
+        return self._obs(), -self.step_cost - (1.0 if truncated else 0.0), False, truncated, info
 
     def render(self):
         return self.frame.copy()

@@ -74,13 +74,17 @@ class FakeDesktopEnv(gym.Env):
                 done, success = True, self.typed == self.word
         if a.type == ActionType.DONE:
             done, success = True, False
-        reward = -self.step_cost + ((1.0 if success else -1.0) if done else 0.0)
         truncated = not done and self.steps >= self.max_steps
+        if truncated:  # out of steps: a failure, as on the real desktop
+            success = False
+        reward = -self.step_cost + ((1.0 if success else -1.0) if done or truncated else 0.0)
         return self._obs(), reward, done, truncated, {"task": f"fake-{self.task}", "success": success}
 
     def skip_step(self, reason: str):
         self.steps += 1
-        return self._obs(), -self.step_cost, False, self.steps >= self.max_steps, {"refused": reason, "success": None}
+        out = self.steps >= self.max_steps
+        return (self._obs(), -self.step_cost - (1.0 if out else 0.0), False, out,
+                {"refused": reason, "success": False if out else None})
 
     def render(self):
         return self.frame.copy()

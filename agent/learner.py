@@ -48,6 +48,9 @@ class AgentConfig:
     """GAE lambda."""
     curiosity: float = 0.02
     """Weight of the world model's prediction error as an intrinsic reward (0: off)."""
+    timeout_is_failure: bool = True
+    """Treat the task's step budget as part of the task: a timeout is a final failure (its -1 is the outcome),
+    not a cut-off to bootstrap past."""
     sil_capacity: int = 4000
     """Steps of the agent's own successful episodes kept for self-imitation."""
     threads: int = 1
@@ -251,7 +254,8 @@ class Learner:
             self.err_mean = 0.99 * self.err_mean + 0.01 * float(err.mean())
             rewards = rewards + self.cfg.curiosity * (err / (self.err_mean + 1e-8)).clamp(max=5.0)
         values = torch.tensor([s.value for s in steps])
-        adv, ret = gae(rewards, values, torch.tensor([s.terminated for s in steps]), torch.tensor([s.truncated for s in steps]),
+        final = [s.terminated or (s.truncated and self.cfg.timeout_is_failure) for s in steps]
+        adv, ret = gae(rewards, values, torch.tensor(final), torch.tensor([s.truncated for s in steps]),
                        next_values, self.cfg.gamma, self.cfg.gae_lambda)
         batch = PPOBatch(
             obs=ObsBatch(np.stack([s.frame for s in steps]), [s.instruction for s in steps]),
