@@ -105,6 +105,14 @@ def make_task_env(tasks: list[str], display: str | None):
         if kind not in ("click", "type") or len(set(tasks)) > 1:
             raise UserError("fake tasks: use exactly one of fake-click or fake-type")
         return SafetyGate(FakeDesktopEnv(kind, n_boxes=1, box=48) if kind == "click" else FakeDesktopEnv(kind))
+    if any(t.startswith("miniwob-") for t in tasks):  # MiniWoB++ in Chromium on its own display
+        from agent.tasks.miniwob import make_miniwob_env, task_name
+
+        if not all(t.startswith("miniwob-") for t in tasks):
+            raise UserError("MiniWoB++ tasks (miniwob-...) cannot be mixed with other tasks in one run")
+        for t in tasks:
+            task_name(t)  # a UserError naming an unknown task
+        return make_miniwob_env(tasks[0], display=display)
     unknown = [t for t in tasks if t not in PLAYGROUND_TASKS]
     if unknown:
         raise UserError(f"unknown task {unknown[0]!r}; `squirrel tasks` lists the tasks "

@@ -29,6 +29,8 @@ def register_all() -> None:
         env_id = f"squirrel/{name}-v0"
         if env_id not in gym.registry:
             gym.register(env_id, entry_point="agent.registration:make_env", kwargs={"task": name})
+    from agent.tasks.miniwob import register_miniwob_tasks
     from agent.tasks.user import register_user_tasks
 
+    register_miniwob_tasks()
     register_user_tasks()

