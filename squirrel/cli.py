@@ -26,6 +26,7 @@ BENCH: dict[str, tuple[str, str]] = {
     "perception": ("perception.bench:main", "capture, preprocessing, encoder and instruction-encoder speed"),
     "memory": ("memory.bench:main", "kNN query latency, insert throughput, database size"),
     "learn": ("agent.bench_learn:main", "learning curves: squirrel vs random vs SB3 PPO"),
+    "miniwob": ("agent.tasks.bench_miniwob:main", "MiniWoB++ in Chromium: learning curves from scratch, steps/s, reset ms"),
 }
 
 

@@ -228,3 +228,23 @@ def test_learn_cli_builds_miniwob_envs_and_rejects_mixtures():
         assert env.unwrapped.task == "miniwob-click-button" and obs["instruction"].startswith("Click on the")
     finally:
         env.close()
+
+
+def test_bench_miniwob_writes_runs_with_speed_and_reset_time(tmp_path):
+    out = tmp_path / "b.json"
+    r = subprocess.run([sys.executable, "-m", "squirrel", "bench", "miniwob", "--tasks", "click-test", "--agents",
+                        "random", "--steps", "40", "--curve-every", "20", "--window", "5", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    d = json.loads(out.read_text())
+    assert d["finished"] and d["tasks"] == ["miniwob-click-test"] and len(d["runs"]) == 1
+    run = d["runs"][0]
+    assert run["env_steps"] == 40 and len(run["curve"]) == 2 and run["steps_per_s"] > 0
+    assert 0 < run["reset_ms_median"] < 1000 and run["browser_restarts"] == 0
+    assert d["summary"]["miniwob-click-test"]["random"]["reset_ms_median_mean"] == run["reset_ms_median"]
+
+
+def test_bench_miniwob_rejects_unknown_tasks_in_one_line():
+    r = subprocess.run([sys.executable, "-m", "squirrel", "bench", "miniwob", "--tasks", "click-nothing", "--json",
+                        "/dev/null"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "unknown MiniWoB" in r.stderr
