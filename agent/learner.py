@@ -27,6 +27,7 @@ from trainer.world_model import WorldModel
 class ObsBatch(NamedTuple):
     frames: np.ndarray  # (B,H,W,3) uint8
     instructions: list[str]
+    match: list | None = None  # per row: (k_i,h,w) float16 word match maps computed while acting (or None)
 
 
 @dataclass
@@ -40,6 +41,8 @@ class AgentConfig:
     """Freeze the screen encoder (off: it trains with everything else)."""
     reading: bool = True
     """Match rendered instruction words against the screen (the instruction as pixels)."""
+    learned_matcher: bool = False
+    """Also match in the encoder's learned stride-4 features (slower; random-init features match poorly)."""
     rollout: int = 128
     """Env steps between updates."""
     gamma: float = 0.97
@@ -69,7 +72,7 @@ class Agent:
         torch.set_num_threads(cfg.threads)
         self.cfg = cfg
         encoder = create_encoder(cfg.encoder, cfg.pretrained or None, freeze=cfg.freeze_encoder)
-        self.policy = Policy(encoder, reading=cfg.reading, layers=cfg.fusion_layers)
+        self.policy = Policy(encoder, reading=cfg.reading, layers=cfg.fusion_layers, learned_matcher=cfg.learned_matcher)
         D = encoder.dim
         self.action_dim = N_TYPES + D + len(KEYS)
         self.world_model = WorldModel(encoder.pooled_dim, self.action_dim)
@@ -81,8 +84,15 @@ class Agent:
         return {"policy": self.policy, "world_model": self.world_model}
 
     def _forward(self, obs: ObsBatch):
-        x, instr = self.policy.prepare(obs.frames, self.instructions.batch(obs.instructions))
-        return self.policy(x, instr)
+        instr = self.instructions.batch(obs.instructions)
+        if obs.match is not None and self.cfg.reading:  # maps computed while acting: pad to the batch's K
+            K = instr["word_mask"].shape[1]
+            m = torch.full((len(obs.match), K, *obs.match[0].shape[1:]), -1.0)
+            for i, mi in enumerate(obs.match):
+                m[i, : mi.shape[0]] = mi.float()
+            instr = dict(instr, match=m)
+        x, instr = self.policy.prepare(obs.frames, instr)
+        return self.policy(x, instr), instr
 
     def action_features(self, o, a: ActionBatch) -> torch.Tensor:
         """(B, 9 + D + 20): the action type, the fused token of the patch it points at, the key."""
@@ -95,13 +105,18 @@ class Agent:
 
     @torch.no_grad()
     def act(self, obs: ObsBatch, greedy: bool = False):
-        o = self._forward(obs)
+        """Decide for a batch. Returns (actions, logp, value, state, action features, PolicyOutput, match maps)."""
+        o, instr = self._forward(obs)
         a = self.policy.sample(o, greedy)
         logp, _ = self.policy.log_prob_entropy(o, a)
-        return a, logp, o.value, o.state, self.action_features(o, a), o
+        match = None
+        if "match" in instr:
+            k = instr["word_mask"].sum(1)
+            match = [instr["match"][i, : int(k[i])].half() for i in range(len(k))]
+        return a, logp, o.value, o.state, self.action_features(o, a), o, match
 
     def evaluate(self, obs: ObsBatch, actions: ActionBatch) -> Evaluation:
-        o = self._forward(obs)
+        o, _ = self._forward(obs)
         logp, ent = self.policy.log_prob_entropy(o, actions)
         return Evaluation(logp, ent, o.value, o.state, self.action_features(o, actions))
 
@@ -118,6 +133,7 @@ class Step(NamedTuple):
     state: torch.Tensor  # (D,)
     action_features: torch.Tensor  # (F,)
     changed: bool
+    match: torch.Tensor | None = None  # (k,h,w) float16 word match maps of this screen
 
 
 def _cat_actions(actions: list[ActionBatch]) -> ActionBatch:
@@ -135,7 +151,7 @@ class SelfImitationBuffer:
         g = 0.0
         for s in reversed(steps):
             g = s.reward + self.gamma * g
-            self.items.append((s.frame, s.instruction, s.action, g))
+            self.items.append((s.frame, s.instruction, s.action, g, s.match))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -145,7 +161,8 @@ class SelfImitationBuffer:
             return None
         idx = np.random.randint(0, len(self.items), n)
         rows = [self.items[i] for i in idx]
-        return SILBatch(ObsBatch(np.stack([r[0] for r in rows]), [r[1] for r in rows]),
+        match = [r[4] for r in rows] if all(r[4] is not None for r in rows) else None
+        return SILBatch(ObsBatch(np.stack([r[0] for r in rows]), [r[1] for r in rows], match),
                         _cat_actions([r[2] for r in rows]), torch.tensor([r[3] for r in rows], dtype=torch.float32))
 
 
@@ -204,19 +221,19 @@ class Learner:
         while self.env_steps < total_steps and not self.stop_requested:
             obs = self._obs
             ob = ObsBatch(obs["screen"][None], [obs["instruction"]])
-            a, logp, value, state, af, _ = self.agent.act(ob)
+            a, logp, value, state, af, _, match = self.agent.act(ob)
             next_obs, reward, terminated, truncated, info = self.env.step(self.agent.policy.to_action(a))
             self.env_steps += 1
             changed = not np.array_equal(next_obs["screen"], obs["screen"])
             step = Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(reward),
-                        bool(terminated), bool(truncated), state[0], af[0], changed)
+                        bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None)
             self.buffer.append(step)
             self.episode_steps.append(step)
             self._ret += float(reward)
             self._obs = next_obs
             if terminated or truncated:
                 # the final observation: its value (bootstrap on truncation) and embedding (world-model target)
-                _, _, v_final, s_final, _, _ = self.agent.act(ObsBatch(next_obs["screen"][None], [next_obs["instruction"]]))
+                _, _, v_final, s_final, *_ = self.agent.act(ObsBatch(next_obs["screen"][None], [next_obs["instruction"]]))
                 self._finals[len(self.buffer) - 1] = (float(v_final[0]), s_final[0])
                 success = info.get("success")
                 if success:
@@ -235,7 +252,7 @@ class Learner:
         T = len(steps)
         # V(s_{t+1}) and the next state's embedding for every step
         ob = ObsBatch(self._obs["screen"][None], [self._obs["instruction"]])
-        _, _, v_last, s_last, _, _ = self.agent.act(ob)
+        _, _, v_last, s_last, *_ = self.agent.act(ob)
         next_values = torch.zeros(T)
         next_state = torch.zeros(T, steps[0].state.shape[0])
         for t in range(T):
@@ -258,7 +275,8 @@ class Learner:
         adv, ret = gae(rewards, values, torch.tensor(final), torch.tensor([s.truncated for s in steps]),
                        next_values, self.cfg.gamma, self.cfg.gae_lambda)
         batch = PPOBatch(
-            obs=ObsBatch(np.stack([s.frame for s in steps]), [s.instruction for s in steps]),
+            obs=ObsBatch(np.stack([s.frame for s in steps]), [s.instruction for s in steps],
+                         [s.match for s in steps] if steps[0].match is not None else None),
             actions=_cat_actions([s.action for s in steps]),
             old_logp=torch.tensor([s.logp for s in steps]), old_value=values, advantages=adv, returns=ret,
             next_state=next_state, changed=torch.tensor([float(s.changed) for s in steps]), has_next=torch.ones(T))

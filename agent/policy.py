@@ -6,8 +6,9 @@
     heads: action type (9), key (20), value, TYPE span (start word, length), point and drag end
            (a patch, then one of 4x4 sub-cells: 4 px accuracy)
     reading: each instruction word rendered as pixels is matched (normalised cross-correlation) against
-             the screen in the encoder's own stride-4 features; a learned choice of word adds its
-             match map to the point logits, so "click the thing that says WORD" is matching.
+             the screen (agent/reading.py; optionally also in the encoder's own learned stride-4 features);
+             a learned choice of word adds its match map to the point logits, so "click the thing that
+             says WORD" is matching, which works for words never seen before.
 
 Gradients from every head (and the world model) reach the encoder: it is trained, not frozen.
 """
@@ -79,7 +80,8 @@ class ReadingMatcher(nn.Module):
         th, tw = tv.shape[2:]
         t = tv.new_zeros(B * K, C, th, tw).index_copy(0, valid, tv)  # (B*K,C,4,20)
         cols = torch.arange(tw, device=t.device)
-        half = (widths.flatten() / 8.0).clamp(min=1.0)  # half-width in stride-4 cells
+        stride = words.shape[-1] / tw  # pixels per feature cell
+        half = (widths.flatten() / (2 * stride)).clamp(min=1.0)  # the word's half-width in feature cells
         m = ((cols[None] + 0.5 - tw / 2).abs() <= half[:, None]).float()  # (B*K,tw)
         m = m[:, None, None, :].expand(-1, 1, th, tw)  # (B*K,1,th,tw)
         n = (m.sum((1, 2, 3)) * C).clamp(min=1)  # (B*K,)
@@ -99,9 +101,10 @@ def _small_stem(channels: int = 32) -> nn.Sequential:
 
 
 class Policy(nn.Module):
-    def __init__(self, encoder: nn.Module, text_dim: int = 384, layers: int = 2, heads: int = 4, reading: bool = True):
+    def __init__(self, encoder: nn.Module, text_dim: int = 384, layers: int = 2, heads: int = 4, reading: bool = True,
+                 learned_matcher: bool = False):
         super().__init__()
-        self.encoder, self.reading = encoder, reading
+        self.encoder, self.reading, self.learned_matcher = encoder, reading, reading and learned_matcher
         D = encoder.dim
         self.grid = tuple(encoder.grid)  # (gh, gw)
         self.patch = encoder.patch_size
@@ -121,14 +124,16 @@ class Policy(nn.Module):
         self.start_head = nn.Linear(D, 1)
         self.point_head, self.point2_head = nn.Linear(D, 1 + SUB * SUB), nn.Linear(D, 1 + SUB * SUB)
         if reading:
+            self.word_select = nn.Linear(D, 1)
+            self.match_gain = nn.Parameter(torch.tensor(4.0))
+        if self.learned_matcher:
             conv1 = getattr(encoder.visual, "conv1", None)
             if isinstance(conv1, nn.Sequential) and len(conv1) >= 4:  # the encoder's own conv stem, shared
                 stem, ch = conv1[:4], conv1[2].out_channels
             else:
                 stem, ch = _small_stem(), 32
             self.matcher = ReadingMatcher(stem, ch)
-            self.word_select = nn.Linear(D, 1)
-            self.match_gain = nn.Parameter(torch.tensor(4.0))
+            self.learned_gain = nn.Parameter(torch.tensor(0.3))
 
     def forward(self, x: torch.Tensor, instr: dict[str, torch.Tensor]) -> PolicyOutput:
         """x: preprocessed screens (B,3,H,W); instr: InstructionCache.batch() plus 'word_x' (B,K,3,16,96)."""
@@ -148,7 +153,9 @@ class Policy(nn.Module):
         patch_logits, sub_logits = pl[..., 0], pl[..., 1:]
         match = torch.zeros(B, N, SUB * SUB)
         if self.reading:
-            r = self.matcher(x, instr["word_x"], instr["word_widths"], mask)  # (B,K,h,w) stride-4 maps
+            r = instr["match"]  # (B,K,h,w): each word's template match, per 4 px cell (agent/reading.py)
+            if self.learned_matcher:
+                r = r + self.learned_gain * self.matcher(x, instr["word_x"], instr["word_widths"], mask)
             sel = self.word_select(w_out)[..., 0].masked_fill(~mask, neg).softmax(-1)  # (B,K) which word to find
             m = torch.einsum("bk,bkhw->bhw", sel, r)  # (B,h,w)
             gh, gw = self.grid
@@ -161,7 +168,11 @@ class Policy(nn.Module):
     def prepare(self, frames, instr: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """uint8 frames (B,H,W,3) and InstructionCache.batch() -> forward()'s inputs."""
         x = self.encoder.preprocess(frames)
-        if self.reading:
+        if self.reading and "match" not in instr:
+            from agent.reading import match_maps
+
+            instr = dict(instr, match=match_maps(frames, instr["word_pixels"], instr["word_widths"], instr["word_mask"]))
+        if self.learned_matcher:
             wp = instr["word_pixels"]  # (B,K,16,96,3) uint8
             B, K = wp.shape[:2]
             wx = _prep_words(self.encoder, wp)

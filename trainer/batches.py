@@ -42,7 +42,9 @@ class SILBatch(NamedTuple):
 
 
 def take(x: Any, idx: torch.Tensor | np.ndarray) -> Any:
-    """Rows `idx` of a tensor, array, list, dict or NamedTuple of those."""
+    """Rows `idx` of a tensor, array, list, dict or NamedTuple of those (None stays None)."""
+    if x is None:
+        return None
     if isinstance(x, torch.Tensor):
         return x[torch.as_tensor(idx)]
     if isinstance(x, np.ndarray):
