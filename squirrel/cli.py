@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("agent.demo:main", "watch the agent learn playground tasks from scratch; writes a report"),
     "learn": ("agent.learn_cli:main", "learn tasks from pixels, online: progress bar, TensorBoard, checkpoints, curve"),
     "playground": ("agent.playground_cli:main", "show the playground tasks on a display, solved by their oracle"),
+    "panel": ("gui.app:main", "the Qt control panel: assign tasks, watch the agent learn, review tools"),
 }
 BENCH: dict[str, tuple[str, str]] = {
     "env": ("agent.bench_env:main", "desktop env: oracle success and speed, settle/capture/action ms"),
