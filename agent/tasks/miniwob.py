@@ -61,6 +61,13 @@ MINIWOB_TASKS = (
     "tic-tac-toe", "unicode-test", "use-autocomplete", "use-autocomplete-nodelay", "use-colorwheel",
     "use-colorwheel-2", "use-slider", "use-slider-2", "use-spinner", "visual-addition",
 )
+# The tasks the package registers as nondeterministic (state that survives its in-page reset, clocks, timers).
+NONDETERMINISTIC = frozenset({
+    "book-flight", "book-flight-nodelay", "choose-date", "choose-date-easy", "choose-date-medium",
+    "choose-date-nodelay", "click-dialog", "click-dialog-2", "click-pie", "click-pie-nodelay", "click-scroll-list",
+    "drag-cube", "scroll-text", "scroll-text-2", "search-engine", "social-media", "social-media-all",
+    "social-media-some", "terminal", "order-food", "phone-book", "stock-market",
+})
 PREFIX = "miniwob-"
 # Step budgets: the fewest actions that solve the task plus one, as for the playground tasks. MiniWoB++
 # itself has no step budget (only its 10 s clock); tasks not listed get DEFAULT_MAX_STEPS.
@@ -327,6 +334,7 @@ if (!window.__squirrel) {
   const s = window.__squirrel = {up: 0, key: 0, wheel: 0, last: null};
   const mods = ['Shift', 'Control', 'Alt', 'Meta', 'AltGraph'];
   window.addEventListener('mouseup', () => { s.up++; }, true);
+  window.addEventListener('dragend', () => { s.up++; }, true);  // a drag of text or a link ends without a mouseup
   window.addEventListener('keyup', (e) => { if (!mods.includes(e.key)) s.key++; }, true);
   window.addEventListener('wheel', () => { s.wheel++; }, {capture: true, passive: true});
   window.addEventListener('contextmenu', (e) => e.preventDefault(), true);
@@ -344,8 +352,9 @@ if (!window.__squirrel) {
   };
 }
 """
-_READY = ("document.readyState === 'complete' && typeof core !== 'undefined' && core.cover_div != null "
-          "&& location.href === {url}")
+_HERE = "location.href.split('#')[0] === {url}"  # a click on <a href="#"> only changes the fragment
+_READY = ("document.readyState === 'complete' && typeof core !== 'undefined' && core.cover_div != null && "
+          + _HERE)
 # Settled, as far as the page can tell: its finite animations (CSS, Web Animations, jQuery) have ended,
 # then two frames, so the one holding the changes has been drawn (Chromium draws at 60 Hz here, whatever
 # the flags). The env's screen settle then confirms on the pixels.
@@ -359,6 +368,7 @@ _FRAME = """
 _RESET = """(async () => {
   %(hooks)s
   if (core.EP_TIMER !== null) core.endEpisode(0, false, 'reset');
+  if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();  // as START's click did
   Math.seedrandom(%(seed)d);
   core.setDataMode('train');
   core.EPISODE_MAX_TIME = %(ms)d;
@@ -373,7 +383,7 @@ _RESET = """(async () => {
 })()"""
 _STATUS = """(async () => {
   const s = window.__squirrel;
-  if (!s || location.href !== %(url)s) return {lost: true};
+  if (!s || location.href.split('#')[0] !== %(url)s) return {lost: true};
   const t0 = performance.now();
   while ((s.up < %(up)d || s.key < %(key)d || s.wheel < %(wheel)d) && performance.now() - t0 < %(cap)d)
     await new Promise(r => setTimeout(r, 1));
@@ -416,6 +426,8 @@ class MiniWobEnv(ScreenEnv):
                  position: tuple[int, int] = (0, 0), input_wait_ms: float = 200.0,
                  animation_wait_ms: float = 500.0, stats_path: str | None = None):
         self.name = task_name(task)  # validate before starting anything
+        if max_steps is not None and max_steps < 1:
+            raise ValueError("max_steps must be at least 1")
         self.pages = html_dir()
         self.binary = find_chromium()
         super().__init__(desktop or Desktop(display, playground=False), desktop is None, TASK_W, TASK_H, step_cost,
@@ -428,11 +440,9 @@ class MiniWobEnv(ScreenEnv):
         self._episode = 0
         self._counts = [0, 0, 0]
         self._since_load = 0
-        self._ended = False
         self.restarts = self.input_timeouts = 0
         self.reset_ms: list[float] = []
         self.step_ms: list[float] = []
-        self._t_step = 0.0
 
     def _url(self) -> str:
         return (self.pages / f"{self.name}.html").as_uri()
@@ -453,8 +463,8 @@ class MiniWobEnv(ScreenEnv):
         if self.browser is None:
             self.browser = Chromium(self._browser_env(), url, self.position, binary=self.binary).start()
             self._since_load = 0
-        elif self.browser.url != url or (self.reload_every and self._since_load >= self.reload_every):
-            self.browser.navigate(url)
+        elif (self.reload_every and self._since_load >= self.reload_every) or not self._on_page(url):
+            self.browser.navigate(url)  # another task, a periodic fresh page, or the page went elsewhere
             self._since_load = 0
         ready = _READY.format(url=json.dumps(url))
         deadline = time.monotonic() + 20.0
@@ -467,6 +477,12 @@ class MiniWobEnv(ScreenEnv):
             if time.monotonic() > deadline:
                 raise BrowserDied(f"the page {url} did not load within 20 s. {self.browser.log_tail()}")
             time.sleep(0.01)
+
+    def _on_page(self, url: str) -> bool:
+        try:
+            return bool(self.browser.evaluate(_HERE.format(url=json.dumps(url))))
+        except PageError:
+            return False
 
     def _drop_browser(self) -> None:
         if self.browser is not None:
@@ -500,7 +516,7 @@ class MiniWobEnv(ScreenEnv):
             raise UserError(f"MiniWoB++ task {self.name} did not become ready")
         if tuple(r["inner"]) < (TASK_W, TASK_H):
             raise UserError(f"the browser's page is {r['inner']}, smaller than the {TASK_W}x{TASK_H} task area")
-        self._episode, self._counts, self._ended = r["episode"], list(r["counts"]), False
+        self._episode, self._counts = r["episode"], list(r["counts"])
         self._since_load += 1
         budget = self._fixed_max_steps or MAX_STEPS.get(self.name, DEFAULT_MAX_STEPS)
         return r["utterance"], (int(r["origin"][0]), int(r["origin"][1])), budget
@@ -516,21 +532,23 @@ class MiniWobEnv(ScreenEnv):
         exp = _expected_events(a, text)
         want = [c + e for c, e in zip(self._counts, exp)]
         try:
-            r = self.browser.evaluate(_STATUS % {"url": json.dumps(self.browser.url), "up": want[0], "key": want[1],
+            r = self.browser.evaluate(_STATUS % {"url": json.dumps(self._url()), "up": want[0], "key": want[1],
                                                  "wheel": want[2], "cap": int(self.input_wait_ms),
                                                  "frame": _FRAME % int(self.animation_wait_ms)})
-        except (BrowserDied, PageError) as e:
+        except BrowserDied as e:
             # the browser died mid-episode: not the agent's failure; a new browser comes with the next reset
             self._drop_browser()
+            self.restarts += 1
             return {"done": True, "success": None, "browser_died": str(e)[:200]}
-        if r.get("lost"):  # the page navigated away or reloaded: the episode is void
+        except PageError:  # the document was replaced while we asked
+            r = {"lost": True}
+        if r.get("lost"):  # the page navigated away or reloaded: the episode is void (the next reset reloads it)
             return {"done": True, "success": None, "page_lost": True}
         self._counts = r["counts"]
         if any(exp) and not r["received"]:
             self.input_timeouts += 1
         last = r["last"]
         if r["episode"] > self._episode and last is not None:
-            self._ended = True
             return {"done": True, "success": last["raw"] > 0, "miniwob_reward": last["reward"],
                     "miniwob_raw_reward": last["raw"], "miniwob_reason": last["reason"]}
         if a is not None and a.type == ActionType.DONE:
@@ -573,7 +591,8 @@ def register_miniwob_tasks() -> list[str]:
     for name in MINIWOB_TASKS:
         env_id = f"squirrel/{PREFIX}{name}-v0"
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point="agent.tasks.miniwob:make_miniwob_env", kwargs={"task": name})
+            gym.register(env_id, entry_point="agent.tasks.miniwob:make_miniwob_env", kwargs={"task": name},
+                         nondeterministic=name in NONDETERMINISTIC)
         ids.append(env_id)
     return ids
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from agent.actions import Action, ActionType, action_space, find_span, observation_space
-from agent.tasks.miniwob import MINIWOB_TASKS, MiniWobEnv, _group_alive, task_name
+from agent.tasks.miniwob import MINIWOB_TASKS, NONDETERMINISTIC, MiniWobEnv, _group_alive, task_name
 from squirrel.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +60,7 @@ def test_task_list_is_the_packages_and_every_id_is_registered():
 
     theirs = {k[len("miniwob/"):-len("-v1")] for k in gym.registry if k.startswith("miniwob/")}
     assert set(MINIWOB_TASKS) == {t for t in theirs if not t.startswith("flight.")} and len(MINIWOB_TASKS) == 125
+    assert NONDETERMINISTIC == {t for t in MINIWOB_TASKS if gym.spec(f"miniwob/{t}-v1").nondeterministic}
     for name in MINIWOB_TASKS:
         assert f"squirrel/miniwob-{name}-v0" in gym.registry
     assert task_name("miniwob-click-test") == task_name("click-test") == "click-test"
@@ -67,9 +68,16 @@ def test_task_list_is_the_packages_and_every_id_is_registered():
         task_name("miniwob-click-nothing")
 
 
-def test_same_spaces_as_the_playground(env):
+def test_same_spaces_as_the_playground_and_check_env_passes(desktop, env):
+    from gymnasium.utils.env_checker import check_env
+
     assert env.observation_space == observation_space(160, 210)
     assert env.action_space == action_space(160, 210)
+    e = MiniWobEnv("click-button", desktop=desktop)
+    try:
+        check_env(e)
+    finally:
+        e.close()
 
 
 def button(env, word: str, same: bool) -> str:
@@ -142,6 +150,19 @@ def test_same_seed_same_task_and_fast_resets(env):
         env.reset(seed=s)
     assert (time.perf_counter() - t) / 10 < 0.3  # measured ~50 ms here
     assert env.unwrapped.browser is not None and env.unwrapped.restarts == 0
+
+
+def test_a_page_that_went_elsewhere_voids_the_episode_and_comes_back(env):
+    env.reset(seed=0, options={"task": "miniwob-click-test"})
+    env.unwrapped.browser.evaluate("location.hash = 'tabs-1'")  # what a click on <a href="#..."> does: harmless
+    _, _, term, _, info = env.step(Action(ActionType.CLICK, 2, 2))
+    assert not term and "page_lost" not in info
+    env.unwrapped.browser.evaluate("location.href = 'about:blank'")  # e.g. a link dropped on the page
+    time.sleep(0.2)
+    _, reward, term, _, info = env.step(Action(ActionType.CLICK, 2, 2))
+    assert term and info["success"] is None and info["page_lost"]
+    env.reset(seed=1)
+    assert env.step(Action(ActionType.CLICK, *center(env, "#subbtn")))[4]["success"] is True
 
 
 def test_the_browser_is_restarted_when_it_dies(desktop):
