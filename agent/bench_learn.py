@@ -241,8 +241,12 @@ def _parse(argv: list[str], prog: str) -> tuple[BenchLearnConfig, list[str], lis
         raise UserError("the only fake task here is fake-click")
     if not fake:
         from agent.registration import PLAYGROUND_TASKS
+        from agent.tasks.miniwob import task_name
 
-        unknown = [t for t in tasks if t not in PLAYGROUND_TASKS]
+        for t in tasks:
+            if t.startswith("miniwob-"):
+                task_name(t)  # a UserError naming an unknown MiniWoB++ task
+        unknown = [t for t in tasks if t not in PLAYGROUND_TASKS and not t.startswith("miniwob-")]
         if unknown:
             raise UserError(f"unknown task {unknown[0]!r}; `squirrel tasks` lists the tasks")
     if cfg.seeds < 1 or cfg.parallel < 1 or cfg.steps < cfg.curve_every or cfg.curve_every < 1 or cfg.window < 1:

@@ -265,7 +265,9 @@ def test_bench_miniwob_writes_runs_with_speed_and_reset_time(tmp_path):
     assert d["summary"]["miniwob-click-test"]["random"]["reset_ms_median_mean"] == run["reset_ms_median"]
 
 
-def test_bench_miniwob_rejects_unknown_tasks_in_one_line():
-    r = subprocess.run([sys.executable, "-m", "squirrel", "bench", "miniwob", "--tasks", "click-nothing", "--json",
-                        "/dev/null"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("bench,task", [("miniwob", "click-nothing"), ("learn", "miniwob-click-nothing")])
+def test_benches_reject_unknown_miniwob_tasks_in_one_line(bench, task):
+    r = subprocess.run([sys.executable, "-m", "squirrel", "bench", bench, "--tasks", task, "--json", "/dev/null"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "Traceback" not in r.stderr and "unknown MiniWoB" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
