@@ -94,7 +94,8 @@ def _with_stats(run: dict, stats: Path) -> dict:
     except (OSError, ValueError):
         s = {}
     return dict(run, reset_ms_median=s.get("reset_ms_median"), env_step_ms_median=s.get("step_ms_median"),
-                browser_restarts=s.get("browser_restarts"), input_timeouts=s.get("input_timeouts"))
+                browser_restarts=s.get("browser_restarts"), input_timeouts=s.get("input_timeouts"),
+                clock_timeouts=s.get("clock_timeouts"))
 
 
 def _write(cfg: BenchMiniWobConfig, tasks, agents, runs: list[dict], finished: bool) -> None:

@@ -440,7 +440,7 @@ class MiniWobEnv(ScreenEnv):
         self._episode = 0
         self._counts = [0, 0, 0]
         self._since_load = 0
-        self.restarts = self.input_timeouts = 0
+        self.restarts = self.input_timeouts = self.clock_timeouts = 0
         self.reset_ms: list[float] = []
         self.step_ms: list[float] = []
 
@@ -549,6 +549,7 @@ class MiniWobEnv(ScreenEnv):
             self.input_timeouts += 1
         last = r["last"]
         if r["episode"] > self._episode and last is not None:
+            self.clock_timeouts += last["reason"] == "timed out"  # the task's own clock (episode_s) ran out
             return {"done": True, "success": last["raw"] > 0, "miniwob_reward": last["reward"],
                     "miniwob_raw_reward": last["raw"], "miniwob_reason": last["reason"]}
         if a is not None and a.type == ActionType.DONE:
@@ -567,7 +568,7 @@ class MiniWobEnv(ScreenEnv):
 
         return {"task": self.task, "resets": len(self.reset_ms), "reset_ms_median": med(self.reset_ms),
                 "steps": len(self.step_ms), "step_ms_median": med(self.step_ms), "browser_restarts": self.restarts,
-                "input_timeouts": self.input_timeouts}
+                "input_timeouts": self.input_timeouts, "clock_timeouts": self.clock_timeouts}
 
     def write_stats(self) -> None:
         """Timing figures to `stats_path` (or $SQUIRREL_MINIWOB_STATS), for `squirrel bench miniwob`."""

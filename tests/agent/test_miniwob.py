@@ -112,6 +112,18 @@ def test_a_wrong_click_is_a_failure(env):
     assert term and info["success"] is False and reward < -0.9 and info["miniwob_raw_reward"] == -1
 
 
+def test_the_tasks_own_clock_ends_the_episode_as_a_failure(desktop):
+    env = MiniWobEnv("click-test", desktop=desktop, episode_s=0.3)
+    try:
+        env.reset(seed=0)
+        time.sleep(0.5)
+        _, reward, term, _, info = env.step(Action(ActionType.CLICK, 2, 2))
+        assert term and info["success"] is False and info["miniwob_reason"] == "timed out" and reward < -0.9
+        assert env.stats()["clock_timeouts"] == 1
+    finally:
+        env.close()
+
+
 def test_typing_reaches_the_page(env):
     obs, _ = env.reset(seed=5, options={"task": "miniwob-enter-text"})
     text = env.unwrapped.browser.evaluate("document.querySelector('#query .bold').textContent")
