@@ -121,7 +121,7 @@ class Controller(QObject):
             self.state.add_message("error", f"cannot start: {err}")
             return False
         self._final = ""
-        proc = self.proc = AgentProcess(lambda msg: self._agent_event.emit((proc, msg)))
+        proc = self.proc = AgentProcess(lambda msg: self._from_reader(proc, msg))
         self.state.resumed_from = None
         self.state.set_status("starting", "loading the agent")
         try:
@@ -172,6 +172,8 @@ class Controller(QObject):
             if on:
                 self.state.add_message("error", "start the agent first: a person's demonstration runs on its desktop")
             return
+        if on and self.live.takeover != "off":
+            return  # already taking over
         self.proc.send("takeover", bool(on))
         self.live.set_takeover("requested" if on else "off")
 
@@ -195,6 +197,13 @@ class Controller(QObject):
         self.background.shutdown()
 
     # -- events from the agent process ---------------------------------------------------------------------
+    def _from_reader(self, proc: AgentProcess, msg: tuple) -> None:
+        """On the reader thread: hand the event to the UI thread (a queued signal)."""
+        try:
+            self._agent_event.emit((proc, msg))
+        except RuntimeError:  # the panel is gone
+            pass
+
     def _on_event(self, item: tuple) -> None:
         proc, msg = item
         if proc is not self.proc or self._shut:  # a late word from an earlier run, or the panel is closing
@@ -250,6 +259,7 @@ class Controller(QObject):
     def _ev_demo(self, info: dict) -> None:
         state = info["state"]
         if state == "ready":
+            self.live.task, self.live.instruction = info["task"], info["instruction"]  # before its first frame arrives
             self.live.set_takeover("ready")
         elif state == "cancelled":
             self.live.set_takeover("off")

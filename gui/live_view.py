@@ -55,7 +55,7 @@ class LiveView(QWidget):
         self.awaiting.setMaximumHeight(120)
         self.last = QLabel()
         self.last.setWordWrap(True)
-        self.up, self.down = QPushButton("👍  Success"), QPushButton("👎  Failure")
+        self.up, self.down = QPushButton("✓  Success (thumbs up)"), QPushButton("✗  Failure (thumbs down)")
         self.up.clicked.connect(lambda: self.verdict(True))
         self.down.clicked.connect(lambda: self.verdict(False))
         judge = QGroupBox("Your verdict")

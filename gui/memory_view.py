@@ -5,16 +5,49 @@ from __future__ import annotations
 import json
 import time
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, QTimer
 from PySide6.QtGui import QIcon, QPixmap
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QListWidget,
-                               QListWidgetItem, QMessageBox, QPushButton, QSpinBox, QSplitter, QTableWidget,
-                               QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QGroupBox, QHBoxLayout, QLabel, QListWidget,
+                               QListWidgetItem, QMessageBox, QPushButton, QSpinBox, QSplitter, QTableView,
+                               QVBoxLayout, QWidget)
 
 from gui.agent_process import DEMO_PREFIX
 from gui.controller import Controller
 
 COLUMNS = ("Episode", "Task", "Outcome", "Return", "Steps", "Started", "By", "Instruction")
+
+
+class EpisodeTableModel(QAbstractTableModel):
+    """Rows are `memory.db.Episode` records, newest first (a model, not items: 500 rows cost nothing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.episodes: list = []
+
+    def set_episodes(self, episodes: list) -> None:
+        self.beginResetModel()
+        self.episodes = episodes
+        self.endResetModel()
+
+    def rowCount(self, parent=QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(self.episodes)
+
+    def columnCount(self, parent=QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return COLUMNS[section]
+        return None
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+        if not index.isValid() or role != Qt.ItemDataRole.DisplayRole:
+            return None
+        e = self.episodes[index.row()]
+        demo = e.instruction.startswith(DEMO_PREFIX)
+        return (e.id, e.task, e.outcome, "" if e.ret is None else f"{e.ret:.2f}", "" if e.steps is None else e.steps,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.started)), "person" if demo else "agent",
+                e.instruction.removeprefix(DEMO_PREFIX))[index.column()]
 
 
 class MemoryView(QWidget):
@@ -35,12 +68,17 @@ class MemoryView(QWidget):
         for w in (QLabel("Task"), self.task, QLabel("Outcome"), self.outcome, QLabel("Latest"), self.limit, refresh):
             top.addWidget(w)
         top.addStretch(1)
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.horizontalHeader().setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.ResizeMode.Stretch)
+        self.model = EpisodeTableModel()
+        self.table = QTableView()
+        self.table.setModel(self.model)
+        self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.itemSelectionChanged.connect(self.show_steps)
+        self.table.setWordWrap(False)
+        self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 6)
+
+        self.table.selectionModel().selectionChanged.connect(lambda *_: self.show_steps())
         self.steps = QListWidget()
         self.steps.setIconSize(QPixmap(48, 48).size())
         self.steps_title = QLabel("Select an episode to replay its steps.")
@@ -66,10 +104,17 @@ class MemoryView(QWidget):
         split.setSizes([760, 300])
         lay = QVBoxLayout(self)
         lay.addLayout(top)
-        lay.addWidget(split)
+        lay.addWidget(split, 1)
         lay.addLayout(pr)
         self.confirm = self._confirm  # tests replace this
         ctl.home_changed.connect(self.refresh)
+        self._later = QTimer(self, singleShot=True, interval=2000)  # new episodes: at most one reload per 2 s
+        self._later.timeout.connect(lambda: self.isVisible() and self.refresh())
+        ctl.episodes_arrived.connect(lambda _: self._later.isActive() or self._later.start())
+        self.refresh()
+
+    def showEvent(self, e) -> None:
+        super().showEvent(e)
         self.refresh()
 
     def _confirm(self, text: str) -> bool:
@@ -86,6 +131,7 @@ class MemoryView(QWidget):
 
     def _loaded(self, result) -> None:
         tasks, episodes, n_mem = result
+        keep = self.selected_id()
         for combo, first in ((self.task, "all tasks"), (self.purge_task, "all tasks")):
             cur = combo.currentData()
             combo.blockSignals(True)
@@ -95,22 +141,28 @@ class MemoryView(QWidget):
                 combo.addItem(t, t)
             combo.setCurrentIndex(max(0, combo.findData(cur)))
             combo.blockSignals(False)
+        first = not self.episodes
         self.episodes = list(reversed(episodes))  # newest first
-        self.table.setRowCount(len(self.episodes))
-        for r, e in enumerate(self.episodes):
-            demo = e.instruction.startswith(DEMO_PREFIX)
-            vals = (e.id, e.task, e.outcome, "" if e.ret is None else f"{e.ret:.2f}", "" if e.steps is None else e.steps,
-                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.started)), "person" if demo else "agent",
-                    e.instruction.removeprefix(DEMO_PREFIX))
-            for c, v in enumerate(vals):
-                it = QTableWidgetItem()
-                it.setData(Qt.ItemDataRole.DisplayRole, v)
-                self.table.setItem(r, c, it)
+        self.model.set_episodes(self.episodes)
+        if first and self.episodes:
+            self.table.resizeColumnsToContents()
         self.counts.setText(f"{len(self.episodes)} episodes shown · {n_mem} memory entries")
+        if keep is not None:
+            self.select(keep)
+
+    def selected_id(self) -> int | None:
+        rows = self.table.selectionModel().selectedRows()
+        return self.episodes[rows[0].row()].id if rows and rows[0].row() < len(self.episodes) else None
+
+    def select(self, episode_id: int) -> None:
+        for r, e in enumerate(self.episodes):
+            if e.id == episode_id:
+                self.table.selectRow(r)
+                return
 
     def show_steps(self) -> None:
         rows = self.table.selectionModel().selectedRows()
-        if not rows:
+        if not rows or rows[0].row() >= len(self.episodes):
             return
         e = self.episodes[rows[0].row()]
         self.steps_title.setText(f"<b>Episode {e.id}</b> ({e.task}, {e.outcome}): {e.instruction}<br>"

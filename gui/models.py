@@ -50,7 +50,7 @@ class AgentState:
         self.messages: list[tuple[float, str, str]] = []  # (time, level, text)
         self.changed = Emitter()  # ()
         self.message = Emitter()  # (level, text)
-        self._samples: deque = deque(maxlen=64)  # (t, env_steps, updates)
+        self._samples: deque = deque(maxlen=512)  # (t, env_steps, updates)
 
     @property
     def alive(self) -> bool:
@@ -69,11 +69,15 @@ class AgentState:
         t = time.monotonic() if t is None else t
         self.env_steps, self.episodes, self.updates = env_steps, episodes, updates
         self._samples.append((t, env_steps, updates))
-        while len(self._samples) > 2 and t - self._samples[0][0] > 3.0:  # rates over the last ~3 s
+        while len(self._samples) > 2 and t - self._samples[0][0] > 30.0:
             self._samples.popleft()
-        t0, s0, u0 = self._samples[0]
+        # steps/s over the last ~3 s; updates are rarer (one per rollout), so updates/s over the last ~30 s
+        t0, s0, _ = next(x for x in self._samples if t - x[0] <= 3.0 or x is self._samples[-1])
         if t - t0 > 0.2:
-            self.steps_per_s, self.updates_per_s = (env_steps - s0) / (t - t0), (updates - u0) / (t - t0)
+            self.steps_per_s = (env_steps - s0) / (t - t0)
+        t0, _, u0 = self._samples[0]
+        if t - t0 > 0.2:
+            self.updates_per_s = (updates - u0) / (t - t0)
         self.changed.emit()
 
     def add_message(self, level: str, text: str) -> None:

@@ -16,6 +16,7 @@ from memory.db import AgentDB, Episode, Step
 from memory.tools import Tool, ToolLibrary
 
 CKPT_RE = re.compile(r"^ckpt-(\d{10})\.safetensors$")
+DEMO_LIKE = "[demonstration]%"  # episodes.instruction of a person's demonstration (gui.agent_process.DEMO_PREFIX)
 
 
 class HomeStore:
@@ -60,22 +61,23 @@ class HomeStore:
                 self._db = None
 
     def task_stats(self, window: int = 50) -> dict[str, dict]:
-        """Per task: finished episodes, successes, and the success rate over its last `window` episodes."""
+        """Per task: the agent's finished episodes, successes, and success rate over its last `window` episodes
+        (a person's demonstrations are not counted)."""
+        agents = f"e.outcome IN ('success', 'failure') AND e.instruction NOT LIKE '{DEMO_LIKE}'"
         rows = self.db.read(
             "SELECT t.name, count(*), sum(e.outcome = 'success') FROM episodes e JOIN tasks t ON t.id = e.task_id "
-            "WHERE e.outcome IN ('success', 'failure') GROUP BY t.name")
+            f"WHERE {agents} GROUP BY t.name")
         recent = dict(self.db.read(
             "SELECT name, avg(outcome = 'success') FROM (SELECT t.name AS name, e.outcome AS outcome, "
             "row_number() OVER (PARTITION BY e.task_id ORDER BY e.id DESC) AS rn FROM episodes e "
-            "JOIN tasks t ON t.id = e.task_id WHERE e.outcome IN ('success', 'failure')) WHERE rn <= ? GROUP BY name",
-            (window,)))
+            f"JOIN tasks t ON t.id = e.task_id WHERE {agents}) WHERE rn <= ? GROUP BY name", (window,)))
         return {name: {"episodes": n, "successes": s or 0, "recent": recent.get(name)} for name, n, s in rows}
 
     def history(self) -> list[tuple[str, str, float | None, int | None]]:
         """(task, outcome, return, steps) of every episode the agent ran, oldest first (demonstrations
         excluded: they are not the agent's)."""
         return self.db.read("SELECT t.name, e.outcome, e.ret, e.steps FROM episodes e JOIN tasks t ON t.id = e.task_id "
-                            "WHERE e.instruction NOT LIKE '[demonstration]%' ORDER BY e.id")
+                            f"WHERE e.instruction NOT LIKE '{DEMO_LIKE}' ORDER BY e.id")
 
     def tasks(self) -> list[str]:
         return self.db.tasks()

@@ -23,7 +23,8 @@ class TaskBrowser(QGroupBox):
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["Task", "Episodes", "Success (last 50)", "Description"])
         self.tree.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        for col in (0, 1, 2):
+            self.tree.header().setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         self.tree.itemDoubleClicked.connect(lambda *_: self.add_selected())
         self.add_btn = QPushButton("Add to assignment ▸")
         self.add_btn.clicked.connect(self.add_selected)

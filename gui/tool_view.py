@@ -179,7 +179,13 @@ class ToolsView(QWidget):
                              f"candidates, {n['pruned']} pruned")
         if keep is not None:
             self.select(keep.id)
+        elif tools and self.proxy.rowCount():
+            self.table.selectRow(0)
         self.show_detail()
+
+    def showEvent(self, e) -> None:
+        super().showEvent(e)
+        self.refresh()
 
     def select(self, tool_id: int) -> None:
         for r in range(self.proxy.rowCount()):

@@ -277,6 +277,9 @@ class LiveCanvas(QWidget):
             return
         super().keyPressEvent(e)
 
+    def focusNextPrevChild(self, forward: bool) -> bool:
+        return False if self.model.takeover == "ready" else super().focusNextPrevChild(forward)  # Tab is for the task
+
 
 class LatencyMonitor(QObject):
     """How late the UI thread's event loop runs a timer: the panel's responsiveness, measured."""

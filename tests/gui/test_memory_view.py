@@ -21,13 +21,13 @@ def test_browse_replay_and_purge(panel, qtbot, tmp_path):
     fill(home)
     ctl, win = panel()
     view = win.memory
-    qtbot.waitUntil(lambda: view.table.rowCount() == 6, timeout=5000)
-    assert view.table.item(0, 6).text() == "person" and view.table.item(1, 6).text() == "agent"  # demonstrations marked
+    qtbot.waitUntil(lambda: view.model.rowCount() == 6, timeout=5000)
+    assert str(view.model.index(0, 6).data()) == "person" and str(view.model.index(1, 6).data()) == "agent"  # demonstrations marked
     view.task.setCurrentIndex(view.task.findData("fake-click"))
     view.outcome.setCurrentIndex(view.outcome.findData("failure"))
     view.refresh()
-    qtbot.waitUntil(lambda: view.table.rowCount() == 2, timeout=5000)  # episodes 1 and 5
-    assert {view.table.item(r, 0).text() for r in range(2)} == {"2", "6"}
+    qtbot.waitUntil(lambda: view.model.rowCount() == 2, timeout=5000)  # episodes 1 and 5
+    assert {str(view.model.index(r, 0).data()) for r in range(2)} == {"2", "6"}
     view.table.selectRow(0)
     qtbot.waitUntil(lambda: view.steps.count() == 2, timeout=5000)
     assert '"key": "Return"' in view.steps.item(1).text() and "+1.00" in view.steps.item(1).text()
