@@ -282,7 +282,7 @@ class Controller(QObject):
         was = self.state.status
         self.live.set_takeover("off")
         if self._final or was == "stopping":
-            detail = "" if code == 0 else f"({describe_exit(code)})"
+            detail = "" if code == 0 else f"with an error ({describe_exit(code)}; see the messages below)"
             if code != 0 and was == "stopping" and not self._final:
                 detail = f"(it did not exit in time: {describe_exit(code)})"
             self.state.set_status(self._final or "stopped", detail)

@@ -128,3 +128,14 @@ def test_takeover_is_recorded_as_a_demonstration_and_thumbs_reach_the_database(p
         assert step.action["kind"] == "click" and abs(step.action["x"] - x) <= 1 and step.target is not None
     ctl.stop()
     qtbot.waitUntil(lambda: ctl.state.status == "stopped", timeout=5000)
+
+
+def test_an_error_in_the_agent_is_shown_in_the_window(panel, qtbot, tmp_path):
+    ctl, win = panel(agent_args=f"--agent.encoder {tmp_path / 'no-such-encoder.json'}")
+    win.show()
+    ctl.start()
+    qtbot.waitUntil(lambda: ctl.state.status == "stopped", timeout=60_000)
+    assert ctl.state.detail.startswith("with an error (exit code 1")
+    errors = [m for _, level, m in ctl.state.messages if level == "error"]
+    assert errors and "no-such-encoder" in errors[0], errors
+    assert "no-such-encoder" in win.messages.toPlainText() and win.control.start_btn.isEnabled()
