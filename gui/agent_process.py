@@ -22,7 +22,6 @@ panel's SIGKILL is the last resort.
 from __future__ import annotations
 
 import os
-import _thread
 import queue
 import signal
 import sys
@@ -188,7 +187,8 @@ class AgentWorker:
             return
         with self._acting:
             if not self.finishing.is_set():
-                _thread.interrupt_main()
+                # a real SIGINT to the main thread: it also cuts short a blocking call (a sleep, a wait)
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     # -- on the main thread, between steps ----------------------------------------------------------
     def hold(self) -> None:
@@ -410,12 +410,15 @@ class AgentWorker:
             self._save()
         finally:
             self.finishing.set()
+            # Closing must finish, or displays and browsers outlive us: no more interrupts (SIGKILL still works).
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             self.done.set()
+            self.send("status", final, "" if code == 0 else "with an error")  # it acts no more: say so now
             if self.run is not None:
                 self.run.close()
             if self.gate is not None:
                 self.gate.close()
-        self.send("status", final, "" if code == 0 else "with an error")
         return code
 
     def _serve(self, opts: dict) -> tuple[int, str]:
@@ -512,6 +515,7 @@ def main(argv: list[str]) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if we were started with SIGINT ignored
     worker = AgentWorker(Connection(cmd_fd, writable=False), Connection(evt_fd, readable=False))
     try:
         code = worker.serve()

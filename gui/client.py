@@ -26,8 +26,9 @@ class AgentProcess:
     """One run of `python -m gui.agent_process`. `on_event(msg)` is called on the reader thread, for
     each event and finally with ("exit", returncode, log tail) when the process is gone."""
 
-    def __init__(self, on_event: Callable[[tuple], None]):
+    def __init__(self, on_event: Callable[[tuple], None], command: list[str] | None = None):
         self.on_event = on_event
+        self.command = command or [sys.executable, "-m", "gui.agent_process"]  # + CMD_FD EVT_FD
         self.proc: subprocess.Popen | None = None
         self.log_path: Path | None = None
         self.stop_file = ""
@@ -50,7 +51,7 @@ class AgentProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gui.agent_process", str(cmd_r), str(evt_w)],
+            self.proc = subprocess.Popen(self.command + [str(cmd_r), str(evt_w)],
                                          pass_fds=(cmd_r, evt_w), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=env, start_new_session=True)
         os.close(cmd_r)

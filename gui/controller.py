@@ -30,7 +30,7 @@ class AgentOptions:
     fps: float = 15.0
     extra: tuple[str, ...] = ()  # more `squirrel learn` options, e.g. ("--agent.encoder", "path.json")
     grace_s: float = 1.0  # after a stop, SIGTERM after this long, SIGKILL `kill_after_s` later
-    kill_after_s: float = 3.0
+    kill_after_s: float = 8.0  # time to close its desktop (Xvfb, the playground app, Chromium)
 
 
 def describe_exit(code: int) -> str:
@@ -181,7 +181,7 @@ class Controller(QObject):
         if self.proc is not None and self.live.takeover == "ready":
             self.proc.send("demo_action", action)
 
-    def shutdown(self, wait_s: float = 5.0) -> None:
+    def shutdown(self, wait_s: float = 10.0) -> None:
         """On quitting: stop the agent (it saves a checkpoint) and wait a little for it. Idempotent."""
         if self._shut:
             return
@@ -232,7 +232,7 @@ class Controller(QObject):
         if status in ("stopped", "finished"):
             self._final = status
             if self.state.status != "crashed":
-                self.state.set_status("stopping", "saving done, exiting")
+                self.state.set_status("stopping", "checkpoint saved; closing its desktop")
             return
         if status == "running" and self.state.status == "stopping":
             return

@@ -131,11 +131,38 @@ def test_takeover_is_recorded_as_a_demonstration_and_thumbs_reach_the_database(p
 
 
 def test_an_error_in_the_agent_is_shown_in_the_window(panel, qtbot, tmp_path):
-    ctl, win = panel(agent_args=f"--agent.encoder {tmp_path / 'no-such-encoder.json'}")
+    ctl, win = panel(agent_args="--agent.rollout many")
     win.show()
     ctl.start()
     qtbot.waitUntil(lambda: ctl.state.status == "stopped", timeout=60_000)
     assert ctl.state.detail.startswith("with an error (exit code 1")
     errors = [m for _, level, m in ctl.state.messages if level == "error"]
-    assert errors and "no-such-encoder" in errors[0], errors
-    assert "no-such-encoder" in win.messages.toPlainText() and win.control.start_btn.isEnabled()
+    assert errors and "invalid agent options" in errors[0] and "--agent.rollout many" in errors[0], errors
+    assert "invalid agent options" in win.messages.toPlainText() and win.control.start_btn.isEnabled()
+    assert "many" in ctl.store.log_path.read_text()  # tyro's explanation, in the agent's log
+
+
+
+def test_stop_interrupts_a_long_update_and_still_saves(tmp_path):
+    """The loop looks for a stop only between steps; an update that takes seconds is interrupted instead."""
+    import sys
+    from pathlib import Path
+
+    from gui.client import AgentProcess
+
+    events = []
+    proc = AgentProcess(events.append, [sys.executable, str(Path(__file__).with_name("busy_agent.py"))])
+    tiny = Path(__file__).parents[1] / "fixtures" / "tiny-encoder.json"
+    proc.start(["--tasks", "fake-click", "--home", str(tmp_path), "--no-progress", "--no-tensorboard",
+                "--agent.encoder", str(tiny), "--agent.rollout", "8"], tmp_path / "agent.log", str(tmp_path / "STOP"))
+    deadline = time.monotonic() + 60
+    while "update starts" not in (tmp_path / "agent.log").read_text():
+        assert time.monotonic() < deadline and proc.alive(), (tmp_path / "agent.log").read_text()
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    proc.stop(grace=5.0)  # no SIGTERM: the stop alone must do it
+    proc.proc.wait(10)
+    took = time.monotonic() - t0
+    print(f"stop during a 30 s update took {took:.2f} s")
+    assert took < 1.0 and proc.proc.returncode == 0
+    assert ("saved", 8) in events and ("status", "stopped", "") in events
