@@ -41,6 +41,8 @@ class AgentConfig:
     """Freeze the screen encoder (off: it trains with everything else)."""
     reading: bool = True
     """Match rendered instruction words against the screen (the instruction as pixels)."""
+    gain_lr: float = 0.01
+    """Learning rate of the reading gains (unit-scale scalars; the shared lr would barely move them)."""
     learned_matcher: bool = False
     """Also match in the encoder's learned stride-4 features (slower; random-init features match poorly)."""
     rollout: int = 128
@@ -76,8 +78,13 @@ class Agent:
         D = encoder.dim
         self.action_dim = N_TYPES + D + len(KEYS)
         self.world_model = WorldModel(encoder.pooled_dim, self.action_dim)
-        params = [p for p in list(self.policy.parameters()) + list(self.world_model.parameters()) if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=cfg.ppo.lr, eps=1e-5)
+        # Adam moves each weight by about lr per step, so a unit-scale gain (how much to trust the word
+        # match) would need thousands of updates at the shared lr: the reading scalars get their own.
+        gains = [p for n, p in self.policy.named_parameters() if n in ("match_gain", "learned_gain")]
+        rest = [p for p in list(self.policy.parameters()) + list(self.world_model.parameters())
+                if p.requires_grad and all(p is not g for g in gains)]
+        groups = [{"params": rest}] + ([{"params": gains, "lr": cfg.gain_lr}] if gains else [])
+        self.optimizer = torch.optim.Adam(groups, lr=cfg.ppo.lr, eps=1e-5)
         self.instructions = InstructionCache(text_encoder)
 
     def modules(self) -> dict[str, torch.nn.Module]:
