@@ -140,14 +140,24 @@ class AssignmentPanel(QGroupBox):
 
     def _refresh(self) -> None:
         a = self.ctl.assignment
-        self.table.setRowCount(len(a.entries))
-        for i, (task, w) in enumerate(a.entries):
-            item = QTableWidgetItem(task)
-            item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
-            self.table.setItem(i, 0, item)
-            spin = QSpinBox(minimum=1, maximum=100, value=w)
-            spin.valueChanged.connect(lambda v, t=task: self.ctl.assignment.set_weight(t, v))
-            self.table.setCellWidget(i, 1, spin)
+        shown = [self.table.item(i, 0).text() for i in range(self.table.rowCount()) if self.table.item(i, 0)]
+        if shown != a.tasks():  # rebuild the rows; a weight change only updates its spin box (which may have focus)
+            for i in range(self.table.rowCount()):
+                self.table.removeCellWidget(i, 1)
+            self.table.setRowCount(len(a.entries))
+            for i, (task, _) in enumerate(a.entries):
+                item = QTableWidgetItem(task)
+                item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
+                self.table.setItem(i, 0, item)
+                spin = QSpinBox(minimum=1, maximum=100)
+                spin.valueChanged.connect(lambda v, t=task: self.ctl.assignment.set_weight(t, v))
+                self.table.setCellWidget(i, 1, spin)
+        for i, (_, w) in enumerate(a.entries):
+            spin = self.table.cellWidget(i, 1)
+            if spin.value() != w:
+                spin.blockSignals(True)
+                spin.setValue(w)
+                spin.blockSignals(False)
         sched = a.schedule()
         shown = ", ".join(sched[:12]) + (" …" if len(sched) > 12 else "")
         self.schedule.setText(f"One cycle of episodes: {shown}" if sched else "Add tasks from the list on the left.")
