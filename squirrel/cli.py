@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 BENCH: dict[str, tuple[str, str]] = {
     "env": ("agent.bench_env:main", "desktop env: oracle success and speed, settle/capture/action ms"),
     "perception": ("perception.bench:main", "capture, preprocessing, encoder and instruction-encoder speed"),
+    "latency": ("agent.bench_latency:main", "decision latency (capture to action) and the learning loop's steps/s"),
     "memory": ("memory.bench:main", "kNN query latency, insert throughput, database size"),
     "learn": ("agent.bench_learn:main", "learning curves: squirrel vs random vs SB3 PPO"),
     "miniwob": ("agent.tasks.bench_miniwob:main", "MiniWoB++ in Chromium: learning curves from scratch, steps/s, reset ms"),

@@ -41,3 +41,13 @@ def test_learn_unknown_task_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "squirrel", "learn", "--tasks", "no-such-task", "--home", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown task" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_latency_writes_its_json(tmp_path):
+    out = tmp_path / "lat.json"
+    run(["bench", "latency", "--decisions", "20", "--loop-steps", "40", "--tasks", "click-button", "--json", str(out),
+         "--agent.encoder", TINY, "--agent.rollout", "32"])
+    d = json.loads(out.read_text())
+    for k in ("decision_ms_median", "decision_ms_p90", "loop_steps_per_s", "oracle_steps_per_s"):
+        assert d[k] > 0
+    assert d["decision_ms_p90"] >= d["decision_ms_median"]
