@@ -114,6 +114,7 @@ class AssignmentPanel(QGroupBox):
         self.table.setHorizontalHeaderLabels(["Task", "Weight"])
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.itemChanged.connect(self._weight_edited)
         self.schedule = QLabel()
         self.schedule.setWordWrap(True)
         self.current = QLabel()
@@ -139,28 +140,30 @@ class AssignmentPanel(QGroupBox):
         self._refresh_current()
 
     def _refresh(self) -> None:
+        """The rows from the model; a weight is an editable number (a spin box while you edit it)."""
         a = self.ctl.assignment
-        shown = [self.table.item(i, 0).text() for i in range(self.table.rowCount()) if self.table.item(i, 0)]
-        if shown != a.tasks():  # rebuild the rows; a weight change only updates its spin box (which may have focus)
-            for i in range(self.table.rowCount()):
-                self.table.removeCellWidget(i, 1)
+        self.table.blockSignals(True)
+        shown = [self.table.item(i, 0).text() for i in range(self.table.rowCount())]
+        if shown != a.tasks():
             self.table.setRowCount(len(a.entries))
             for i, (task, _) in enumerate(a.entries):
                 item = QTableWidgetItem(task)
                 item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
                 self.table.setItem(i, 0, item)
-                spin = QSpinBox(minimum=1, maximum=100)
-                spin.valueChanged.connect(lambda v, t=task: self.ctl.assignment.set_weight(t, v))
-                self.table.setCellWidget(i, 1, spin)
-        for i, (_, w) in enumerate(a.entries):
-            spin = self.table.cellWidget(i, 1)
-            if spin.value() != w:
-                spin.blockSignals(True)
-                spin.setValue(w)
-                spin.blockSignals(False)
+                self.table.setItem(i, 1, QTableWidgetItem())
+        for i, (_, w) in enumerate(a.entries):  # in place: the item being edited may be the one that changed
+            if self.table.item(i, 1).data(Qt.ItemDataRole.EditRole) != int(w):
+                self.table.item(i, 1).setData(Qt.ItemDataRole.EditRole, int(w))
+        self.table.blockSignals(False)
         sched = a.schedule()
         shown = ", ".join(sched[:12]) + (" …" if len(sched) > 12 else "")
         self.schedule.setText(f"One cycle of episodes: {shown}" if sched else "Add tasks from the list on the left.")
+
+    def _weight_edited(self, item: QTableWidgetItem) -> None:
+        if item.column() == 1:
+            task = self.table.item(item.row(), 0).text()
+            w = max(1, min(100, int(item.data(Qt.ItemDataRole.EditRole) or 1)))
+            self.ctl.assignment.set_weight(task, w)
 
     def _refresh_current(self) -> None:
         tasks = self.ctl.state.assigned
