@@ -44,8 +44,9 @@ def main(argv: list[str], prog: str) -> int:
     try:
         # 1. decision latency: capture -> policy -> action sent (XTest round-trip included)
         obs, _ = env.reset(seed=0, options={"task": tasks[0]})
-        lat, parts = [], {"capture": [], "decide": [], "send": []}
+        lat, parts, first = [], {"capture": [], "decide": [], "send": []}, []
         for i in range(cfg.decisions + 10):
+            new_instruction = obs["instruction"] not in agent.instructions._cache
             t0 = time.perf_counter()
             frame = base._grab()
             t1 = time.perf_counter()
@@ -58,15 +59,21 @@ def main(argv: list[str], prog: str) -> int:
             t3 = time.perf_counter()
             if i >= 10:  # warm-up excluded
                 lat.append((t3 - t0) * 1e3)
+                first.append(new_instruction)
                 for k, v in zip(parts, ((t1 - t0), (t2 - t1), (t3 - t2))):
                     parts[k].append(v * 1e3)
             if i % 3 == 2:  # new screens now and then
                 obs, _ = env.reset(seed=i, options={"task": tasks[i % len(tasks)]})
+        lat_a, first_a = np.array(lat), np.array(first)
         out.update(decision_ms_median=float(np.median(lat)), decision_ms_p90=float(np.percentile(lat, 90)),
-                   parts_ms_median={k: float(np.median(v)) for k, v in parts.items()})
+                   parts_ms_median={k: float(np.median(v)) for k, v in parts.items()},
+                   # a new instruction is encoded once (MiniLM + rendering its words), on its first decision
+                   decision_known_instruction_ms_median=float(np.median(lat_a[~first_a])) if (~first_a).any() else None,
+                   decision_new_instruction_ms_median=float(np.median(lat_a[first_a])) if first_a.any() else None)
         print(f"decision latency: median {out['decision_ms_median']:.1f} ms, p90 {out['decision_ms_p90']:.1f} ms "
               f"(capture {out['parts_ms_median']['capture']:.2f}, decide {out['parts_ms_median']['decide']:.1f}, "
-              f"send {out['parts_ms_median']['send']:.2f})")
+              f"send {out['parts_ms_median']['send']:.2f}); known instruction {out['decision_known_instruction_ms_median']:.1f} ms, "
+              f"first decision on a new one {out['decision_new_instruction_ms_median']:.1f} ms")
         # 2. the oracle's speed on the same tasks
         n, t = 0, 0.0
         for s in range(30):
