@@ -69,7 +69,10 @@ def main(argv: list[str], prog: str) -> int:
                 infos += steps
                 t_steps += sum(s["step_ms"] for s in steps) / 1e3
             rand = sum(run_random(env, 10_000 + s) for s in range(cfg.random_episodes))
-            med = lambda k: float(np.median([s[k] for s in infos]))  # noqa: E731
+
+            def med(k: str, infos=infos) -> float:
+                return float(np.median([s[k] for s in infos]))
+
             overhead = [s["step_ms"] - s["sync_ms"] for s in infos]
             rows.append({
                 "task": task, "oracle_success": wins / cfg.episodes, "oracle_steps_per_s": len(infos) / t_steps,

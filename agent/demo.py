@@ -4,7 +4,6 @@ episode the agent solved."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +125,3 @@ def main(argv: list[str], prog: str) -> int:
         run.close()
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main(os.sys.argv[1:], "squirrel demo"))

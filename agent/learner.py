@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -297,6 +297,3 @@ class Learner:
         if any(cb(info) is False for cb in self.update_callbacks):
             self.stop_requested = True
 
-
-def config_dict(cfg) -> dict:
-    return asdict(cfg)
