@@ -47,13 +47,14 @@ def test_assign_pause_resume_stop_while_the_ui_stays_responsive(panel, qtbot, tm
     print("\nevent-loop latency while the agent learns:", json.dumps(record))
     (tmp_path / "latency.json").write_text(json.dumps(record))
     assert lat["n"] > 100 and lat["p99_ms"] < 50, lat
-    assert ctl.live.fps >= 10 and ctl.live.frame is not None and ctl.live.heat is not None
-    assert record["env_steps"] > 0
+    assert ctl.live.fps >= 10 and ctl.live.frame is not None and record["env_steps"] > 0
+    qtbot.waitUntil(lambda: ctl.live.heat is not None and ctl.live.heat.shape == (13, 10), timeout=5000)  # the click
+    # heat map over the encoder's patches (none for the instant between a reset and the agent's decision)
 
     # pause: no step is taken until resumed
     qtbot.mouseClick(win.control.pause_btn, LEFT)
     qtbot.waitUntil(lambda: ctl.state.status == "paused", timeout=10_000)
-    qtbot.wait(700)  # a heartbeat with the true count
+    qtbot.wait(1200)  # heartbeats (every 0.5 s while paused) carry the true count
     paused_at = ctl.state.env_steps
     qtbot.wait(1200)
     assert ctl.state.env_steps == paused_at and win.control.resume_btn.isEnabled()
