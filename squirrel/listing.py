@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass
 class TasksConfig:
-    """List every available task (playground, user-defined TOML) with its source."""
+    """List every available task (playground, MiniWoB++, user-defined TOML) with its source."""
 
     tasks_dir: str = ""
     """Folder of user task files (*.toml). Empty: $SQUIRREL_TASKS_DIR or ~/.config/squirrel/tasks."""
@@ -30,6 +30,10 @@ def main(argv: list[str], prog: str) -> int:
     print(f"{'id':<34} {'source':<12} description")
     for name, t in TASKS.items():
         print(f"{'squirrel/' + name + '-v0':<34} {'playground':<12} {t.description} (max {t.max_steps} steps)")
+    from agent.tasks.miniwob import MINIWOB_TASKS
+
+    for name in MINIWOB_TASKS:
+        print(f"{'squirrel/miniwob-' + name + '-v0':<34} {'miniwob':<12} MiniWoB++ {name} in Chromium")
     d = Path(cfg.tasks_dir) if cfg.tasks_dir else tasks_dir()
     bad = 0
     for path, spec, err in scan(d):
