@@ -75,7 +75,8 @@ class Curve:
 
     def runs(self, agent: str, seed: int) -> list[dict]:
         out = []
-        for task, pts in self.points.items():
+        for task in self.episodes:  # every task that ran, with or without a curve point yet
+            pts = self.points.get(task, [])
             s80 = next((s for s, v in pts if v >= 0.8), None)
             out.append({"task": task, "agent": agent, "seed": seed, "curve": pts, "final_success": self.rate(task),
                         "steps_to_80": s80, "episodes": self.episodes[task], "env_steps": self.task_steps[task]})
@@ -113,10 +114,19 @@ def make_task_env(tasks: list[str], display: str | None):
         for t in tasks:
             task_name(t)  # a UserError naming an unknown task
         return make_miniwob_env(tasks[0], display=display)
+    if any(t.startswith("user-") for t in tasks):  # a user-defined TOML task: its own app, one per run
+        from agent.tasks.user import make_user_env, scan
+
+        if len(set(tasks)) > 1:
+            raise UserError("a user-defined task (user-...) runs alone: its app owns the episode")
+        name = tasks[0][len("user-"):]
+        found = [p for p, spec, _ in scan() if spec is not None and spec.name == name]
+        if not found:
+            raise UserError(f"no valid user task named {name!r}; `squirrel tasks` lists them (and says what is wrong)")
+        return make_user_env(str(found[0]), display=display)
     unknown = [t for t in tasks if t not in PLAYGROUND_TASKS]
     if unknown:
-        raise UserError(f"unknown task {unknown[0]!r}; `squirrel tasks` lists the tasks "
-                        "(learning on user-defined tasks comes with the panel)")
+        raise UserError(f"unknown task {unknown[0]!r}; `squirrel tasks` lists the tasks")
     return make_env(tasks[0], display=display)
 
 

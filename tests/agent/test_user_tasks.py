@@ -81,3 +81,23 @@ def test_user_task_real_app_solved(xdisplay, tmp_path):
     finally:
         env.close()
     assert env.unwrapped.app is None
+
+
+@pytest.mark.xvfb
+def test_squirrel_learn_runs_a_user_task(tmp_path):
+    out = tmp_path / "note.txt"
+    app = Path(__file__).parent / "apps" / "note_app.py"
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "note.toml").write_text(GOOD.replace('["python", "app.py"]', f'["{sys.executable}", "{app}", "{out}"]')
+                                     .replace('"/tmp/x"', f'"{out}"').replace('title = "Squirrel note"',
+                                                                            'title = "Squirrel note"\n') + "")
+    tiny = str(Path(__file__).parents[1] / "fixtures" / "tiny-encoder.json")
+    import os
+
+    r = subprocess.run([sys.executable, "-m", "squirrel", "learn", "--tasks", "user-note", "--steps", "24",
+                        "--home", str(tmp_path / "home"), "--no-progress", "--no-tensorboard", "--agent.encoder", tiny,
+                        "--agent.rollout", "12"], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, SQUIRREL_TASKS_DIR=str(tasks)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "user-note" in r.stdout
