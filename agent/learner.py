@@ -80,7 +80,7 @@ class Agent:
         self.world_model = WorldModel(encoder.pooled_dim, self.action_dim)
         # Adam moves each weight by about lr per step, so a unit-scale gain (how much to trust the word
         # match) would need thousands of updates at the shared lr: the reading scalars get their own.
-        gains = [p for n, p in self.policy.named_parameters() if n in ("match_gain", "learned_gain")]
+        gains = [p for n, p in self.policy.named_parameters() if n in ("match_gain", "learned_gain", "density_gain")]
         rest = [p for p in list(self.policy.parameters()) + list(self.world_model.parameters())
                 if p.requires_grad and all(p is not g for g in gains)]
         groups = [{"params": rest}] + ([{"params": gains, "lr": cfg.gain_lr}] if gains else [])

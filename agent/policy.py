@@ -24,6 +24,7 @@ from torch.distributions import Categorical
 
 from agent.actions import KEYS, POINTER_TYPES, Action, ActionType
 from agent.instruction import MAX_WORDS
+from agent.reading import instruction_density
 
 SUB = 4  # sub-cells per patch side
 N_TYPES = len(ActionType)
@@ -126,6 +127,7 @@ class Policy(nn.Module):
         if reading:
             self.word_select = nn.Linear(D, 1)
             self.match_gain = nn.Parameter(torch.tensor(4.0))
+            self.density_gain = nn.Parameter(torch.tensor(0.0))  # learns how to treat the instruction's own text
         if self.learned_matcher:
             conv1 = getattr(encoder.visual, "conv1", None)
             if isinstance(conv1, nn.Sequential) and len(conv1) >= 4:  # the encoder's own conv stem, shared
@@ -160,8 +162,10 @@ class Policy(nn.Module):
             m = torch.einsum("bk,bkhw->bhw", sel, r)  # (B,h,w)
             gh, gw = self.grid
             match = m[:, : gh * SUB, : gw * SUB].reshape(B, gh, SUB, gw, SUB).permute(0, 1, 3, 2, 4).reshape(B, N, SUB * SUB)
-            sub_logits = sub_logits + self.match_gain * match
-            patch_logits = patch_logits + self.match_gain * match.amax(-1)
+            dens = instruction_density(instr["match"], mask)  # (B,h,w): where the instruction itself is shown
+            dens = dens[:, : gh * SUB, : gw * SUB].reshape(B, gh, SUB, gw, SUB).permute(0, 1, 3, 2, 4).reshape(B, N, SUB * SUB)
+            sub_logits = sub_logits + self.match_gain * match + self.density_gain * dens
+            patch_logits = patch_logits + (self.match_gain * match + self.density_gain * dens).amax(-1)
         return PolicyOutput(self.type_head(h), self.key_head(h), start_logits, self.len_head(h), patch_logits, sub_logits,
                             pl2[..., 0], pl2[..., 1:], self.value_head(h)[..., 0], pooled, p_out, match)
 

@@ -62,3 +62,14 @@ def match_maps(frames: np.ndarray, word_pixels: torch.Tensor | np.ndarray, width
     # the response at (y, x) is for the word centred at (y + th/2, x + tw/2): shift, then pool to cells
     out = F.pad(out, (tw // 2, 0, th // 2, 0), value=-1.0)[..., :H, :W]
     return F.max_pool2d(out.flatten(0, 1)[:, None], CELL)[:, 0].reshape(B, K, H // CELL, W // CELL)
+
+
+def instruction_density(maps: torch.Tensor, mask: torch.Tensor, threshold: float = 0.7,
+                        reach: tuple[int, int] = (5, 21)) -> torch.Tensor:
+    """(B,K,h,w) word maps, (B,K) mask -> (B,h,w): the share of the instruction's words that match strongly
+    within `reach` cells (rows, cols) of each cell. Where the instruction itself is shown on screen (a
+    task header), nearly all its words match there; a button or label matches one or two."""
+    strong = (maps > threshold).float() * mask[..., None, None].float()
+    near = F.max_pool2d(strong.flatten(0, 1)[:, None], reach, stride=1,
+                        padding=(reach[0] // 2, reach[1] // 2))[:, 0].reshape(strong.shape)
+    return near.sum(1) / mask.float().sum(1).clamp(min=1)[:, None, None]
