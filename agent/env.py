@@ -9,6 +9,7 @@ instruction text and the cursor; reward +1 success / -1 failure minus a small st
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -40,15 +41,14 @@ class Desktop:
 
         self.vd = None if display else VirtualDisplay().start()
         self.display = display or self.vd.name
-        env = self.vd.env() if self.vd else None
-        if env is None:
-            import os
-
-            env = dict(os.environ, DISPLAY=display)
         self.actuator = XTestActuator(self.display)
         self.capture = ScreenCapture(display=self.display)
-        self.host = PlaygroundHost(env) if playground else None
+        self.host = PlaygroundHost(self.child_env()) if playground else None
         self.tasks = [t["name"] for t in self.host.call("tasks")["tasks"]] if self.host else []
+
+    def child_env(self) -> dict:
+        """Environment for an app started on this desktop (DISPLAY, and XAUTHORITY for our own Xvfb)."""
+        return self.vd.env() if self.vd is not None else dict(os.environ, DISPLAY=self.display)
 
     def __deepcopy__(self, memo) -> "Desktop":
         return self  # a shared resource (gymnasium deep-copies make() kwargs into the spec)

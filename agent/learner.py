@@ -17,11 +17,13 @@ import torch
 
 from agent.actions import KEYS, ActionType
 from agent.instruction import InstructionCache
-from agent.policy import N_TYPES, ActionBatch, Policy
+from agent.policy import N_TYPES, POINTER_IDS, ActionBatch, Policy
 from trainer.batches import Evaluation, PPOBatch, SILBatch
 from trainer.gae import gae
 from trainer.ppo import PPOConfig, ppo_update
 from trainer.world_model import WorldModel
+
+_POINTER_IDS = torch.tensor(POINTER_IDS)
 
 
 class ObsBatch(NamedTuple):
@@ -104,8 +106,7 @@ class Agent:
     def action_features(self, o, a: ActionBatch) -> torch.Tensor:
         """(B, 9 + D + 20): the action type, the fused token of the patch it points at, the key."""
         B = a.type.shape[0]
-        is_ptr = torch.isin(a.type, torch.tensor([int(t) for t in (ActionType.CLICK, ActionType.DOUBLE_CLICK,
-                            ActionType.RIGHT_CLICK, ActionType.DRAG, ActionType.SCROLL_UP, ActionType.SCROLL_DOWN)]))
+        is_ptr = torch.isin(a.type, _POINTER_IDS)
         target = o.patches[torch.arange(B), a.patch] * is_ptr[:, None]
         key = torch.nn.functional.one_hot(a.key, len(KEYS)) * (a.type == ActionType.KEY)[:, None]
         return torch.cat([torch.nn.functional.one_hot(a.type, N_TYPES).float(), target, key.float()], -1)

@@ -448,10 +448,6 @@ class MiniWobEnv(ScreenEnv):
         return (self.pages / f"{self.name}.html").as_uri()
 
     # -- the browser's lifecycle -----------------------------------------------------------------
-    def _browser_env(self) -> dict:
-        if self.desktop.vd is not None:
-            return self.desktop.vd.env()
-        return dict(os.environ, DISPLAY=self.desktop.display)
 
     def _ensure_page(self) -> None:
         """A live browser showing this task's page, loaded (restarted when it died)."""
@@ -461,7 +457,7 @@ class MiniWobEnv(ScreenEnv):
             self.browser = None
             self.restarts += 1
         if self.browser is None:
-            self.browser = Chromium(self._browser_env(), url, self.position, binary=self.binary).start()
+            self.browser = Chromium(self.desktop.child_env(), url, self.position, binary=self.binary).start()
             self._since_load = 0
         elif (self.reload_every and self._since_load >= self.reload_every) or not self._on_page(url):
             self.browser.navigate(url)  # another task, a periodic fresh page, or the page went elsewhere

@@ -231,11 +231,8 @@ class UserTaskEnv(ScreenEnv):
 
     def _start_task(self, seed, options):
         self._stop_app()
-        env = dict(os.environ, DISPLAY=self.desktop.display)
-        if self.desktop.vd is not None:
-            env = self.desktop.vd.env()
         try:
-            self.app = subprocess.Popen(self.spec.command, env=env, stdin=subprocess.DEVNULL,
+            self.app = subprocess.Popen(self.spec.command, env=self.desktop.child_env(), stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         except OSError as e:
             raise UserError(f"{self.spec.path}: cannot start {self.spec.command[0]}: {e.strerror} (fix 'command')") from None
