@@ -256,38 +256,10 @@ class Learner:
                 self._update()
 
     def _update(self) -> None:
-        steps, finals = self.buffer, self._finals
-        T = len(steps)
-        # V(s_{t+1}) and the next state's embedding for every step
-        ob = ObsBatch(self._obs["screen"][None], [self._obs["instruction"]])
-        _, _, v_last, s_last, *_ = self.agent.act(ob)
-        next_values = torch.zeros(T)
-        next_state = torch.zeros(T, steps[0].state.shape[0])
-        for t in range(T):
-            if t in finals:
-                next_values[t], next_state[t] = finals[t]
-            elif t + 1 < T:
-                next_values[t], next_state[t] = steps[t + 1].value, steps[t + 1].state
-            else:
-                next_values[t], next_state[t] = float(v_last[0]), s_last[0]
-        rewards = torch.tensor([s.reward for s in steps], dtype=torch.float32)
-        states = torch.stack([s.state for s in steps])
-        afs = torch.stack([s.action_features for s in steps])
-        if self.cfg.curiosity > 0:
-            with torch.no_grad():
-                err = WorldModel.errors(self.agent.world_model(states, afs)[0], next_state)
-            self.err_mean = 0.99 * self.err_mean + 0.01 * float(err.mean())
-            rewards = rewards + self.cfg.curiosity * (err / (self.err_mean + 1e-8)).clamp(max=5.0)
-        values = torch.tensor([s.value for s in steps])
-        final = [s.terminated or (s.truncated and self.cfg.timeout_is_failure) for s in steps]
-        adv, ret = gae(rewards, values, torch.tensor(final), torch.tensor([s.truncated for s in steps]),
-                       next_values, self.cfg.gamma, self.cfg.gae_lambda)
-        batch = PPOBatch(
-            obs=ObsBatch(np.stack([s.frame for s in steps]), [s.instruction for s in steps],
-                         [s.match for s in steps] if steps[0].match is not None else None),
-            actions=_cat_actions([s.action for s in steps]),
-            old_logp=torch.tensor([s.logp for s in steps]), old_value=values, advantages=adv, returns=ret,
-            next_state=next_state, changed=torch.tensor([float(s.changed) for s in steps]), has_next=torch.ones(T))
+        # V(s_{t+1}) and the next state's embedding after the rollout's last step
+        _, _, v_last, s_last, *_ = self.agent.act(ObsBatch(self._obs["screen"][None], [self._obs["instruction"]]))
+        batch, self.err_mean = ppo_batch(self.agent, self.buffer, self._finals, (float(v_last[0]), s_last[0]),
+                                         self.err_mean)
         t0 = time.perf_counter()
         self.last_losses = ppo_update(self.agent, self.agent.world_model, self.agent.optimizer, batch, self.cfg.ppo,
                                       self.sil.sample if len(self.sil) >= self.cfg.ppo.sil_batch else None)
@@ -298,3 +270,41 @@ class Learner:
         if any(cb(info) is False for cb in self.update_callbacks):
             self.stop_requested = True
 
+
+def ppo_batch(agent: Agent, steps: list[Step], finals: dict[int, tuple[float, torch.Tensor]],
+              last: tuple[float, torch.Tensor] | None, err_mean: float) -> tuple[PPOBatch, float]:
+    """A PPOBatch from a sequence of Steps: GAE advantages and the world model's targets. `finals[t]` is the
+    (value, state) of the final observation where an episode ended at step t; `last` the same for the
+    observation after the last step when that step did not end an episode (None: it did). The curiosity bonus
+    is added to the rewards, scaled by the running mean of world-model error: returns (batch, new mean)."""
+    cfg = agent.cfg
+    T = len(steps)
+    # V(s_{t+1}) and the next state's embedding for every step
+    next_values = torch.zeros(T)
+    next_state = torch.zeros(T, steps[0].state.shape[0])
+    for t in range(T):
+        if t in finals:
+            next_values[t], next_state[t] = finals[t]
+        elif t + 1 < T:
+            next_values[t], next_state[t] = steps[t + 1].value, steps[t + 1].state
+        else:
+            next_values[t], next_state[t] = last
+    rewards = torch.tensor([s.reward for s in steps], dtype=torch.float32)
+    states = torch.stack([s.state for s in steps])
+    afs = torch.stack([s.action_features for s in steps])
+    if cfg.curiosity > 0:
+        with torch.no_grad():
+            err = WorldModel.errors(agent.world_model(states, afs)[0], next_state)
+        err_mean = 0.99 * err_mean + 0.01 * float(err.mean())
+        rewards = rewards + cfg.curiosity * (err / (err_mean + 1e-8)).clamp(max=5.0)
+    values = torch.tensor([s.value for s in steps])
+    final = [s.terminated or (s.truncated and cfg.timeout_is_failure) for s in steps]
+    adv, ret = gae(rewards, values, torch.tensor(final), torch.tensor([s.truncated for s in steps]),
+                   next_values, cfg.gamma, cfg.gae_lambda)
+    batch = PPOBatch(
+        obs=ObsBatch(np.stack([s.frame for s in steps]), [s.instruction for s in steps],
+                     [s.match for s in steps] if steps[0].match is not None else None),
+        actions=_cat_actions([s.action for s in steps]),
+        old_logp=torch.tensor([s.logp for s in steps]), old_value=values, advantages=adv, returns=ret,
+        next_state=next_state, changed=torch.tensor([float(s.changed) for s in steps]), has_next=torch.ones(T))
+    return batch, err_mean
