@@ -2,7 +2,13 @@
 every `rollout` steps, one PPO + self-imitation + world-model update of every module (encoder
 included). Learning never stops: there is no separate training phase.
 
-Callbacks (STYLE.md 9) see every finished episode and every update; one returning False stops the loop.
+Callbacks (STYLE.md 9) see every decision, every finished episode and every update; an episode or update
+callback returning False stops the loop.
+
+Outcomes a person gives ("ask the person" tasks: the env says so at reset with `info["ask_person"]`): the
+episode's steps are held out of the rollout while it runs; when it ends undecided it waits in `pending`
+until `judge()` brings the verdict, then joins the next update whole, its last reward +1 or -1 (PPO's ratio
+clip against the stored behaviour log-probabilities covers the lag), and a good one is self-imitated.
 """
 
 from __future__ import annotations
@@ -185,6 +191,7 @@ class EpisodeResult:
     seed: int = 0
     instruction: str = ""
     transitions: list = field(default_factory=list)  # the episode's Steps
+    db_id: int | None = None  # its row in the agent's database, once recorded (learn_cli.LearnRun)
 
 
 class Learner:
@@ -201,8 +208,13 @@ class Learner:
         self.episode_steps: list[Step] = []
         self.err_mean = 1e-2  # running mean of world-model error (curiosity scale)
         self.last_losses: dict[str, float] = {}
+        self.decision_callbacks: list[Callable[[ObsBatch, object], None]] = []  # (obs, PolicyOutput) before acting
         self.episode_callbacks: list[Callable[[EpisodeResult], bool | None]] = []
         self.update_callbacks: list[Callable[[dict], bool | None]] = []
+        self.pending: dict[int, tuple[EpisodeResult, tuple[float, torch.Tensor]]] = {}  # episode -> (result, final)
+        self.max_pending = 100  # undecided episodes kept for learning (older ones only wait in the database)
+        self._ask = False  # the running episode's outcome is a person's
+        self._cur_start = 0  # where the running episode's steps begin in the buffer
         self._obs = None
         self._task_i = 0
         self.stop_requested = False
@@ -218,8 +230,10 @@ class Learner:
         task = self.tasks[self._task_i % len(self.tasks)]
         self._task_i += 1
         seed = int(self.rng.integers(0, 2**31 - 1))
-        obs, _ = self.env.reset(seed=seed, options={"task": task})
+        obs, info = self.env.reset(seed=seed, options={"task": task})
         self._obs, self._task, self._seed = obs, task, seed
+        self._ask = bool(info.get("ask_person"))
+        self._cur_start = len(self.buffer)
         self.episode_steps, self._ret = [], 0.0
 
     def run(self, total_steps: int) -> None:
@@ -229,31 +243,67 @@ class Learner:
         while self.env_steps < total_steps and not self.stop_requested:
             obs = self._obs
             ob = ObsBatch(obs["screen"][None], [obs["instruction"]])
-            a, logp, value, state, af, _, match = self.agent.act(ob)
+            a, logp, value, state, af, out, match = self.agent.act(ob)
+            for cb in self.decision_callbacks:
+                cb(ob, out)
             next_obs, reward, terminated, truncated, info = self.env.step(self.agent.policy.to_action(a))
             self.env_steps += 1
             changed = not np.array_equal(next_obs["screen"], obs["screen"])
             step = Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(reward),
                         bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None)
-            self.buffer.append(step)
+            if not self._ask:  # a person's task waits for its verdict before it is learned from
+                self.buffer.append(step)
             self.episode_steps.append(step)
             self._ret += float(reward)
             self._obs = next_obs
             if terminated or truncated:
                 # the final observation: its value (bootstrap on truncation) and embedding (world-model target)
                 _, _, v_final, s_final, *_ = self.agent.act(ObsBatch(next_obs["screen"][None], [next_obs["instruction"]]))
-                self._finals[len(self.buffer) - 1] = (float(v_final[0]), s_final[0])
+                final = (float(v_final[0]), s_final[0])
                 success = info.get("success")
-                if success:
-                    self.sil.add_episode(self.episode_steps)
                 self.episodes += 1
                 res = EpisodeResult(self._task, success, self._ret, len(self.episode_steps), self.env_steps, self.episodes,
                                     self._seed, obs["instruction"], self.episode_steps)
+                self._cur_start = len(self.buffer)  # nothing is running until the next reset
+                if not self._ask:
+                    self._finals[len(self.buffer) - 1] = final
+                elif success is None and info.get("ask_person"):
+                    self.pending[res.episode] = (res, final)
+                    while len(self.pending) > self.max_pending:
+                        self.pending.pop(next(iter(self.pending)))
+                else:  # a person's task that ended on its own (a timeout): learn from it now
+                    self._insert_episode(self.episode_steps, final)
+                if success:
+                    self.sil.add_episode(self.episode_steps)
                 if any(cb(res) is False for cb in self.episode_callbacks):
                     self.stop_requested = True
                 self._reset()
             if len(self.buffer) >= self.cfg.rollout:
                 self._update()
+
+    def judge(self, episode: int, good: bool) -> EpisodeResult | None:
+        """A person's verdict on a pending episode (by `EpisodeResult.episode`): its last reward becomes +1/-1
+        (on top of the step cost) and it joins the next update. Returns the judged result, or None when the
+        episode is not pending here (unknown, already judged, or dropped as too old)."""
+        item = self.pending.pop(episode, None)
+        if item is None:
+            return None
+        res, final = item
+        steps = list(res.transitions)
+        steps[-1] = steps[-1]._replace(reward=steps[-1].reward + (1.0 if good else -1.0))
+        res.success, res.ret, res.transitions = good, res.ret + (1.0 if good else -1.0), steps
+        self._insert_episode(steps, final)
+        if good:
+            self.sil.add_episode(steps)
+        return res
+
+    def _insert_episode(self, steps: list[Step], final: tuple[float, torch.Tensor]) -> None:
+        """Put a whole finished episode into the rollout before the running episode's steps (the buffer is a
+        sequence: a step's successor must stay its next state)."""
+        at = self._cur_start
+        self.buffer[at:at] = steps
+        self._finals[at + len(steps) - 1] = final
+        self._cur_start += len(steps)
 
     def _update(self) -> None:
         # V(s_{t+1}) and the next state's embedding after the rollout's last step
@@ -262,10 +312,11 @@ class Learner:
                                          self.err_mean)
         t0 = time.perf_counter()
         self.last_losses = ppo_update(self.agent, self.agent.world_model, self.agent.optimizer, batch, self.cfg.ppo,
-                                      self.sil.sample if len(self.sil) >= self.cfg.ppo.sil_batch else None)
+                                      self.sil.sample if len(self.sil) >= self.cfg.ppo.sil_batch else None,
+                                      should_stop=lambda: self.stop_requested)
         self.last_losses["update_s"] = time.perf_counter() - t0
         self.updates += 1
-        self.buffer, self._finals = [], {}
+        self.buffer, self._finals, self._cur_start = [], {}, 0
         info = dict(self.last_losses, updates=self.updates, env_steps=self.env_steps)
         if any(cb(info) is False for cb in self.update_callbacks):
             self.stop_requested = True

@@ -34,7 +34,6 @@ from multiprocessing.connection import Connection
 import gymnasium as gym
 import numpy as np
 
-DEMO_PREFIX = "[demonstration] "  # marks an episode a person acted (episodes.instruction)
 INTERRUPT_AFTER_S = 0.3  # a stop that the loop has not obeyed by then interrupts it
 
 
@@ -229,12 +228,12 @@ class AgentWorker:
             self.error(f"{kind}: {e}", traceback.format_exc())
 
     def assign(self, tasks: list[str]) -> None:
-        from gui.tasks import check_assignable, env_kind
+        from gui.tasks import check_assignable, env_kind, same_desktop
 
         err = check_assignable(tasks)
-        if not err and env_kind(tasks[0]) != env_kind(self.run.tasks[0]):
-            err = (f"{env_kind(tasks[0])} tasks need another desktop than the {env_kind(self.run.tasks[0])} one: "
-                   "stop the agent, then start it with these")
+        if not err and not same_desktop(tasks, self.run.tasks):
+            err = (f"{', '.join(tasks)} need another desktop than the {env_kind(self.run.tasks[0])} one the agent "
+                   "runs: stop the agent, then start it with these")
         if err:
             self.error(f"assignment refused: {err}")
             return
@@ -243,12 +242,14 @@ class AgentWorker:
         self.send("assigned", list(tasks))
 
     def verdict(self, episode_id: int, good: bool) -> None:
-        """A person's thumbs up/down: the episode's outcome in the database; a good one is imitated."""
-        db = self.run.db
-        ep = db.episode(episode_id)
-        db.end_episode(episode_id, good, ep.ret or 0.0, ep.steps or 0)
+        """A person's thumbs up/down: the episode's outcome in the database. A pending one ("ask the person")
+        is then learned from like any outcome; on a decided one of this run, a thumbs up is imitated."""
+        was_pending = episode_id in self.run._pending_db
+        if not self.run.judge(episode_id, good):
+            self.error(f"thumbs: no episode {episode_id} in this agent's database")
+            return
         r = self.recent.get(episode_id)
-        if good and r is not None and r.transitions:
+        if good and not was_pending and r is not None and r.transitions:
             self.run.learner.sil.add_episode(r.transitions)
         self.send("verdict", episode_id, good)
 
@@ -280,7 +281,7 @@ class AgentWorker:
         self._episodes, self._losses, self._last_flush = [], None, now
 
     def on_episode(self, r) -> None:
-        eid = self.run.db.read("SELECT max(id) FROM episodes")[0][0]
+        eid = r.db_id
         self.recent[eid] = r
         while len(self.recent) > 20:
             self.recent.popitem(last=False)
@@ -352,7 +353,7 @@ class AgentWorker:
             ev = agent.evaluate(ObsBatch(np.stack([o["screen"] for o, *_ in trail]), [instruction] * len(trail)),
                                 _cat_actions(batches))
         D = agent.policy.encoder.dim
-        eid = db.begin_episode(task, seed, DEMO_PREFIX + instruction)
+        eid = db.begin_episode(task, seed, instruction, source="person")
         for i, (_, a, r, _, _) in enumerate(trail):
             d = dict(a.to_dict(), kind=a.type.name.lower())
             db.add_step(eid, i, d, r, target=ev.action_features[i, 9:9 + D].numpy() if "x" in d else None)
@@ -439,17 +440,14 @@ class AgentWorker:
         self.display = desktop.display if desktop is not None else ""
         self.run = run = LearnRun(cfg, tasks, env=PanelEnv(self.gate, self))
         run.start()
-        act = run.agent.act
 
-        def act_and_keep_logits(obs, greedy=False):
-            out = act(obs, greedy)
-            self._logits = out[5].patch_logits[0]
+        def keep_logits(obs, out):
+            self._logits = out.patch_logits[0]
             live = self.live  # the frame on show, still undecided: show where the policy would click
             if live is not None and live[1] is None and not live[5] and np.may_share_memory(obs.frames, live[0]):
                 self.live = (live[0], None, self.heat(), *live[3:])
-            return out
 
-        run.agent.act = act_and_keep_logits
+        run.learner.decision_callbacks.append(keep_logits)
         run.learner.episode_callbacks.append(self.on_episode)
         run.learner.update_callbacks.append(self.on_update)
         L = run.learner

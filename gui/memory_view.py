@@ -11,7 +11,6 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QGroupBox, QHBoxLay
                                QListWidgetItem, QMessageBox, QPushButton, QSpinBox, QSplitter, QTableView,
                                QVBoxLayout, QWidget)
 
-from gui.agent_process import DEMO_PREFIX
 from gui.controller import Controller
 
 COLUMNS = ("Episode", "Task", "Outcome", "Return", "Steps", "Started", "By", "Instruction")
@@ -44,10 +43,9 @@ class EpisodeTableModel(QAbstractTableModel):
         if not index.isValid() or role != Qt.ItemDataRole.DisplayRole:
             return None
         e = self.episodes[index.row()]
-        demo = e.instruction.startswith(DEMO_PREFIX)
         return (e.id, e.task, e.outcome, "" if e.ret is None else f"{e.ret:.2f}", "" if e.steps is None else e.steps,
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.started)), "person" if demo else "agent",
-                e.instruction.removeprefix(DEMO_PREFIX))[index.column()]
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.started)), e.source,
+                e.instruction)[index.column()]
 
 
 class MemoryView(QWidget):
@@ -57,7 +55,8 @@ class MemoryView(QWidget):
         self.episodes = []
         self.task = QComboBox()
         self.outcome = QComboBox()
-        for label, v in (("any outcome", ""), ("success", "success"), ("failure", "failure"), ("aborted", "aborted")):
+        for label, v in (("any outcome", ""), ("success", "success"), ("failure", "failure"), ("pending", "pending"),
+                         ("aborted", "aborted")):
             self.outcome.addItem(label, v)
         self.limit = QSpinBox(minimum=10, maximum=100000, value=500, singleStep=100)
         refresh = QPushButton("Refresh")

@@ -16,7 +16,6 @@ from memory.db import AgentDB, Episode, Step
 from memory.tools import Tool, ToolLibrary
 
 CKPT_RE = re.compile(r"^ckpt-(\d{10})\.safetensors$")
-DEMO_LIKE = "[demonstration]%"  # episodes.instruction of a person's demonstration (gui.agent_process.DEMO_PREFIX)
 
 
 class HomeStore:
@@ -63,7 +62,7 @@ class HomeStore:
     def task_stats(self, window: int = 50) -> dict[str, dict]:
         """Per task: the agent's finished episodes, successes, and success rate over its last `window` episodes
         (a person's demonstrations are not counted)."""
-        agents = f"e.outcome IN ('success', 'failure') AND e.instruction NOT LIKE '{DEMO_LIKE}'"
+        agents = "e.outcome IN ('success', 'failure') AND e.source = 'agent'"
         rows = self.db.read(
             "SELECT t.name, count(*), sum(e.outcome = 'success') FROM episodes e JOIN tasks t ON t.id = e.task_id "
             f"WHERE {agents} GROUP BY t.name")
@@ -77,7 +76,7 @@ class HomeStore:
         """(task, outcome, return, steps) of every episode the agent ran, oldest first (demonstrations
         excluded: they are not the agent's)."""
         return self.db.read("SELECT t.name, e.outcome, e.ret, e.steps FROM episodes e JOIN tasks t ON t.id = e.task_id "
-                            f"WHERE e.instruction NOT LIKE '{DEMO_LIKE}' ORDER BY e.id")
+                            "WHERE e.source = 'agent' ORDER BY e.id")
 
     def tasks(self) -> list[str]:
         return self.db.tasks()

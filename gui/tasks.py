@@ -107,12 +107,21 @@ def list_all(sources: list[TaskSource]) -> tuple[list[TaskInfo], list[str]]:
 
 
 def env_kind(task: str) -> str | None:
-    """Which desktop the learning loop runs a task on: "fake", "playground", "miniwob", or None (not yet)."""
+    """Which desktop the learning loop runs a task on: "fake", "playground", "miniwob", "user" (a valid TOML
+    task in the user's folder: its own app), or None (unknown)."""
     if task in ("fake-click", "fake-type"):
         return "fake"
     if task.startswith("miniwob-") and task[len("miniwob-"):] in MINIWOB_TASKS:
         return "miniwob"
+    if task.startswith("user-"):
+        return "user" if any(spec is not None and spec.name == task[len("user-"):] for _, spec, _ in scan()) else None
     return "playground" if task in PLAYGROUND_TASKS else None
+
+
+def same_desktop(a: list[str], b: list[str]) -> bool:
+    """Can tasks `a` run on the desktop built for tasks `b`? (A user task's desktop is its own app's.)"""
+    kind = env_kind(a[0])
+    return kind == env_kind(b[0]) and (kind != "user" or a[0] == b[0])
 
 
 def check_assignable(tasks: list[str]) -> str:
@@ -122,7 +131,11 @@ def check_assignable(tasks: list[str]) -> str:
     kinds = {t: env_kind(t) for t in tasks}
     bad = [t for t, k in kinds.items() if k is None]
     if bad:
-        return f"{bad[0]}: the learning loop runs playground, MiniWoB++ and fake-desktop tasks for now"
+        if bad[0].startswith("user-"):
+            return f"{bad[0]}: no valid task file of that name in the tasks folder (the Tasks list says what is wrong)"
+        return f"{bad[0]}: not a playground, MiniWoB++, user or fake-desktop task"
+    if "user" in kinds.values() and len(tasks) > 1:
+        return "a user-defined task runs alone (its app owns the desktop): assign one at a time"
     if len(set(kinds.values())) > 1:
         return f"{' and '.join(sorted(set(kinds.values())))} tasks need different desktops: assign one kind at a time"
     return ""

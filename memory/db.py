@@ -138,8 +138,40 @@ def _v1(conn: sqlite3.Connection) -> None:
             conn.execute(stmt)
 
 
+def _v2(conn: sqlite3.Connection) -> None:
+    """Episodes get a `source` (the agent, or a person's demonstration: was an instruction prefix) and a
+    `pending` outcome (waiting for a person's verdict). SQLite cannot change a CHECK in place, so the table
+    is rebuilt (foreign keys are off during migrations; `_migrate` checks them before committing)."""
+    conn.execute("""
+CREATE TABLE episodes_v2 (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id     INTEGER NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+    seed        INTEGER,
+    instruction TEXT NOT NULL DEFAULT '',
+    outcome     TEXT NOT NULL DEFAULT 'running'
+                CHECK (outcome IN ('running', 'pending', 'success', 'failure', 'aborted')),
+    source      TEXT NOT NULL DEFAULT 'agent' CHECK (source IN ('agent', 'person')),
+    ret         REAL,
+    steps       INTEGER,
+    started     REAL NOT NULL,
+    ended       REAL
+)""")
+    prefix = "[demonstration] "
+    conn.execute("INSERT INTO episodes_v2(id, task_id, seed, instruction, outcome, source, ret, steps, started, ended) "
+                 "SELECT id, task_id, seed, CASE WHEN substr(instruction, 1, ?1) = ?2 THEN substr(instruction, ?1 + 1) "
+                 "ELSE instruction END, outcome, CASE WHEN substr(instruction, 1, ?1) = ?2 THEN 'person' ELSE 'agent' END, "
+                 "ret, steps, started, ended FROM episodes", (len(prefix), prefix))
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'episodes'").fetchone()
+    conn.execute("DROP TABLE episodes")
+    conn.execute("ALTER TABLE episodes_v2 RENAME TO episodes")
+    if seq is not None:  # ids are never reused, also across the rebuild
+        conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'episodes'", (seq[0],))
+    conn.execute("CREATE INDEX episodes_task ON episodes(task_id, started)")
+    conn.execute("CREATE INDEX episodes_started ON episodes(started)")
+
+
 # MIGRATIONS[i] upgrades schema version i to i + 1, inside one transaction. Only ever append.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
 
 
 def schema_version() -> int:
@@ -153,15 +185,16 @@ class Episode:
     task: str
     seed: int | None
     instruction: str
-    outcome: str  # running | success | failure | aborted
+    outcome: str  # running | pending (a person's verdict) | success | failure | aborted
     ret: float | None
     steps: int | None
     started: float
     ended: float | None
+    source: str = "agent"  # agent | person (a demonstration)
 
     @property
     def success(self) -> bool | None:
-        return None if self.outcome in ("running", "aborted") else self.outcome == "success"
+        return None if self.outcome in ("running", "pending", "aborted") else self.outcome == "success"
 
 
 @dataclass(frozen=True)
@@ -269,13 +302,22 @@ class AgentDB:
             self._migrate(version)
 
     def _migrate(self, version: int) -> None:
-        for v in range(version, schema_version()):
-            with self.transaction() as c:
-                if c.execute("PRAGMA user_version").fetchone()[0] != v:  # another process migrated meanwhile
-                    continue
-                MIGRATIONS[v](c)
-                c.execute(f"PRAGMA user_version = {v + 1}")
-                c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        # Foreign keys off while tables are rebuilt (a DROP would cascade into the steps), checked before each
+        # commit instead; the pragma is a no-op inside a transaction, so it is set around them.
+        self._conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            for v in range(version, schema_version()):
+                with self.transaction() as c:
+                    if c.execute("PRAGMA user_version").fetchone()[0] != v:  # another process migrated meanwhile
+                        continue
+                    MIGRATIONS[v](c)
+                    bad = c.execute("PRAGMA foreign_key_check").fetchall()
+                    if bad:
+                        raise sqlite3.IntegrityError(f"migration to schema v{v + 1} broke {len(bad)} references")
+                    c.execute(f"PRAGMA user_version = {v + 1}")
+                    c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        finally:
+            self._conn.execute("PRAGMA foreign_keys = ON")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -382,12 +424,13 @@ class AgentDB:
         return [r[0] for r in self.read("SELECT name FROM tasks ORDER BY id")]
 
     # ---------------------------------------------------------------- episodes and steps
-    def begin_episode(self, task: str, seed: int | None, instruction: str) -> int:
-        """Record the start of an episode; returns its id (committed)."""
+    def begin_episode(self, task: str, seed: int | None, instruction: str, source: str = "agent") -> int:
+        """Record the start of an episode acted by `source` ("agent", or "person": a demonstration); returns
+        its id (committed)."""
         tid = self.task_id(task)
         with self.transaction() as c:
-            return c.execute("INSERT INTO episodes(task_id, seed, instruction, started) VALUES (?, ?, ?, ?)",
-                             (tid, seed, instruction, time.time())).lastrowid
+            return c.execute("INSERT INTO episodes(task_id, seed, instruction, source, started) VALUES (?, ?, ?, ?, ?)",
+                             (tid, seed, instruction, source, time.time())).lastrowid
 
     def add_step(self, episode_id: int, index: int, action: dict, reward: float = 0.0,
                  embedding_ids: Sequence[int] = (), target: np.ndarray | None = None,
@@ -401,11 +444,12 @@ class AgentDB:
                       (episode_id, index, json.dumps(action), float(reward), json.dumps([int(i) for i in embedding_ids]),
                        to_blob(target), check_thumbnail(thumbnail)))
 
-    def end_episode(self, episode_id: int, success: bool, ret: float, steps: int) -> None:
-        """Record the outcome (committed)."""
+    def end_episode(self, episode_id: int, success: bool | None, ret: float, steps: int) -> None:
+        """Record the outcome (committed); None: pending, the outcome is a person's to give (a later call)."""
+        outcome = "pending" if success is None else "success" if success else "failure"
         with self.transaction() as c:
             n = c.execute("UPDATE episodes SET outcome = ?, ret = ?, steps = ?, ended = ? WHERE id = ?",
-                          ("success" if success else "failure", float(ret), int(steps), time.time(), episode_id)).rowcount
+                          (outcome, float(ret), int(steps), time.time(), episode_id)).rowcount
         if n != 1:
             raise KeyError(f"no episode {episode_id}")
 
@@ -416,7 +460,7 @@ class AgentDB:
             return c.execute("UPDATE episodes SET outcome = 'aborted' WHERE outcome = 'running' AND started <= ?",
                              (time.time() - older_than,)).rowcount
 
-    _EPISODE_SQL = ("SELECT e.id, t.name, e.seed, e.instruction, e.outcome, e.ret, e.steps, e.started, e.ended "
+    _EPISODE_SQL = ("SELECT e.id, t.name, e.seed, e.instruction, e.outcome, e.ret, e.steps, e.started, e.ended, e.source "
                     "FROM episodes e JOIN tasks t ON t.id = e.task_id")
 
     def episodes(self, task: str | None = None, *, outcome: str | None = None, limit: int | None = None) -> list[Episode]:

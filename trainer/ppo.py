@@ -77,8 +77,9 @@ def ppo_step(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, bat
 
 
 def ppo_update(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, batch: PPOBatch, cfg: PPOConfig,
-               sil_sampler=None) -> dict[str, float]:
-    """`cfg.epochs` passes over the rollout in shuffled minibatches; returns mean loss terms."""
+               sil_sampler=None, should_stop=None) -> dict[str, float]:
+    """`cfg.epochs` passes over the rollout in shuffled minibatches; returns mean loss terms. `should_stop()`
+    is asked before each minibatch: a stop ends the update there (each optimiser step is whole)."""
     n = size(batch.old_logp)
     logs: dict[str, list[float]] = {}
     for _ in range(cfg.epochs):
@@ -87,6 +88,8 @@ def ppo_update(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, b
             idx = perm[i: i + cfg.minibatch]
             if len(idx) < 2:
                 continue
+            if should_stop is not None and should_stop():
+                return {k: sum(v) / len(v) for k, v in logs.items()}
             sil = sil_sampler(cfg.sil_batch) if sil_sampler is not None else None
             for k, v in ppo_step(model, wm, opt, take(batch, idx), cfg, sil).items():
                 logs.setdefault(k, []).append(v)

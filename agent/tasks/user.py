@@ -259,6 +259,12 @@ class UserTaskEnv(ScreenEnv):
             out["ask_person"] = True
         return out
 
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, info = super().reset(seed=seed, options=options)
+        if self.spec.checker["kind"] == "ask":
+            info["ask_person"] = True  # the learner holds the episode until a person's verdict
+        return obs, info
+
     def _stop_app(self) -> None:
         if self.app is not None and self.app.poll() is None:
             self.app.terminate()

@@ -86,3 +86,56 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert "Traceback" not in err
     ckpts = list((tmp_path / "checkpoints").glob("ckpt-*.safetensors"))
     assert ckpts and int(ckpts[-1].stem.split("-")[1]) > 0
+
+
+class AskEnv(SafetyGate):
+    """The fake click task judged by a person: episodes that end by the agent's own doing end undecided
+    (success None, no outcome reward); the true outcome is kept in `truth` for the test's "person"."""
+
+    truth = None
+
+    def reset(self, **kw):
+        obs, info = super().reset(**kw)
+        return obs, dict(info, ask_person=True)
+
+    def step(self, action):
+        obs, r, term, trunc, info = super().step(action)
+        if term:
+            self.truth = bool(info["success"])
+            r -= 1.0 if self.truth else -1.0
+            info = dict(info, success=None, ask_person=True)
+        return obs, r, term, trunc, info
+
+
+def test_person_judged_episodes_wait_then_are_learned_from():
+    agent = tiny_agent()
+    env = AskEnv(FakeDesktopEnv("click", n_boxes=1, box=48), GateConfig(max_actions_per_s=1e6))
+    learner = Learner(agent, env, ["fake-click"])
+    truths, outcomes = {}, []
+
+    def on_episode(r):
+        if r.success is None:  # held out of the rollout until judged
+            assert r.episode in learner.pending and not any(s is t for s in r.transitions for t in learner.buffer)
+            truths[r.episode] = env.truth
+        else:
+            outcomes.append(False)  # a timeout ends on its own: a failure, learned from at once
+
+    def person(ob, out):  # verdicts arrive late, in the middle of later episodes
+        if len(learner.pending) >= 3 or (learner.pending and np.random.rand() < 0.2):
+            ep = next(iter(learner.pending))
+            sil_before = len(learner.sil)
+            r = learner.judge(ep, truths[ep])
+            assert r is not None and r.success == truths[ep] and learner.judge(ep, True) is None
+            outcomes.append(truths[ep])
+            n = len(r.transitions)
+            i = next(j for j, s in enumerate(learner.buffer) if s is r.transitions[0])
+            assert all(a is b for a, b in zip(learner.buffer[i:i + n], r.transitions)) and (i + n - 1) in learner._finals
+            assert r.transitions[-1].reward > 0.5 if truths[ep] else r.transitions[-1].reward < -0.5
+            assert len(learner.sil) == sil_before + n * truths[ep] or len(learner.sil) == learner.sil.items.maxlen
+
+    learner.episode_callbacks.append(on_episode)
+    learner.decision_callbacks.append(person)
+    learner.run(1200)
+    assert len(outcomes) > 100 and learner.updates >= 15
+    first, last = np.mean(outcomes[:80]), np.mean(outcomes[-80:])
+    assert last > first + 0.3, (first, last)

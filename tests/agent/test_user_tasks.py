@@ -101,3 +101,52 @@ def test_squirrel_learn_runs_a_user_task(tmp_path):
                        env=dict(os.environ, SQUIRREL_TASKS_DIR=str(tasks)))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "user-note" in r.stdout
+
+
+def _ask_task(tmp_path) -> Path:
+    out = tmp_path / "note.txt"
+    app = Path(__file__).parent / "apps" / "note_app.py"
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    text = GOOD.replace('["python", "app.py"]', f'["{sys.executable}", "{app}", "{out}"]')
+    text = text[: text.index("[checker]")] + '[checker]\nkind = "ask"\n'
+    (tasks / "note.toml").write_text(text)
+    return tasks
+
+
+def test_headless_learn_refuses_a_person_judged_task(tmp_path):
+    import os
+
+    r = subprocess.run([sys.executable, "-m", "squirrel", "learn", "--tasks", "user-note", "--steps", "10",
+                        "--home", str(tmp_path / "home")], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, SQUIRREL_TASKS_DIR=str(_ask_task(tmp_path))))
+    assert r.returncode == 2 and "squirrel panel" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.xvfb
+def test_a_person_judged_episode_waits_in_the_database_then_counts(tmp_path, monkeypatch):
+    from agent.learn_cli import LearnConfig, LearnRun
+    from agent.learner import AgentConfig
+    from memory.db import AgentDB
+
+    monkeypatch.setenv("SQUIRREL_TASKS_DIR", str(_ask_task(tmp_path)))
+    tiny = str(Path(__file__).parents[1] / "fixtures" / "tiny-encoder.json")
+    cfg = LearnConfig(tasks="user-note", steps=400, home=str(tmp_path / "home"), tensorboard=False, progress=False,
+                      agent=AgentConfig(encoder=tiny, threads=1, rollout=16))
+    run = LearnRun(cfg, ["user-note"])
+    try:
+        run.start()
+        run.learner.episode_callbacks.append(lambda r: r.success is not None)  # stop at the first undecided one
+        run.loop()
+        (db_id,) = run._pending_db
+        assert run.db.episode(db_id).outcome == "pending" and len(run.learner.pending) == 1
+        assert "user-note" not in run.curve.episodes or run.curve.episodes["user-note"] == \
+            sum(1 for e in run.db.episodes() if e.outcome in ("success", "failure"))
+        before = run.curve.episodes.get("user-note", 0)
+        assert run.judge(db_id, True)
+        assert run.db.episode(db_id).outcome == "success" and not run.learner.pending
+        assert run.curve.episodes["user-note"] == before + 1 and len(run.learner.sil) > 0
+        assert any(s.reward > 0.5 for s in run.learner.buffer)  # the verdict's reward is in the next rollout
+        assert not run.judge(10**6, True)
+    finally:
+        run.close()

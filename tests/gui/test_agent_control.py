@@ -10,7 +10,6 @@ import time
 import numpy as np
 from PySide6.QtCore import QPoint, Qt
 
-from gui.agent_process import DEMO_PREFIX
 from memory.db import AgentDB
 
 LEFT = Qt.MouseButton.LeftButton
@@ -123,7 +122,7 @@ def test_takeover_is_recorded_as_a_demonstration_and_thumbs_reach_the_database(p
     n = ctl.state.episodes
     qtbot.waitUntil(lambda: ctl.state.episodes > n, timeout=20_000)  # the agent acts again
     with AgentDB.open(ctl.home, readonly=True) as db:
-        demos = [e for e in db.episodes() if e.instruction.startswith(DEMO_PREFIX)]
+        demos = [e for e in db.episodes() if e.source == "person"]
         assert len(demos) == 1 and demos[0].outcome == "success" and demos[0].steps == 1
         (step,) = db.steps(demos[0].id)
         assert step.action["kind"] == "click" and abs(step.action["x"] - x) <= 1 and step.target is not None

@@ -2,7 +2,6 @@
 
 from PySide6.QtCore import Qt
 
-from gui.agent_process import DEMO_PREFIX
 from memory.db import AgentDB
 
 
@@ -10,7 +9,7 @@ def fill(home):
     with AgentDB.open(home) as db:
         for i in range(6):
             task = "fake-click" if i % 2 else "fake-type"
-            eid = db.begin_episode(task, i, (DEMO_PREFIX if i == 5 else "") + f"Do thing {i}.")
+            eid = db.begin_episode(task, i, f"Do thing {i}.", source="person" if i == 5 else "agent")
             db.add_step(eid, 0, {"type": "click", "x": 10, "y": 20, "kind": "click"}, -0.01)
             db.add_step(eid, 1, {"type": "key", "key": "Return", "kind": "key"}, 1.0)
             db.end_episode(eid, i % 3 == 0, 0.99 if i % 3 == 0 else -1.0, 2)

@@ -19,7 +19,7 @@ def test_schedule_mixes_by_weight_or_queues_in_order():
     assert a.schedule() == ["a", "a", "b", "b", "b"]
     assert check_assignable(["fake-click", "click-button"]).startswith("fake and playground tasks need different")
     assert check_assignable(["miniwob-click-test", "miniwob-enter-text"]) == ""
-    assert "learning loop" in check_assignable(["user-x"]) and check_assignable(["click-button"]) == ""
+    assert "no valid task file" in check_assignable(["user-x"]) and check_assignable(["click-button"]) == ""
 
 
 class Broken:
@@ -102,3 +102,16 @@ def test_form_toml_escapes_what_people_type():
     d = tomllib.loads(form.to_toml())
     assert d["instruction"] == 'Say "a\\b" then\ttab' and d["command"] == ["prog", "two words"]
     assert form.validate() == "field 'instruction' must be printable text of 1-512 characters"  # the tab
+
+
+def test_a_user_task_is_assignable_alone_and_only_to_its_own_desktop(tmp_path, monkeypatch):
+    from gui.tasks import same_desktop
+
+    (tmp_path / "note.toml").write_text('name = "note"\ninstruction = "Do it"\ncommand = ["true"]\n'
+                                        '[window]\ntitle = "Note"\n[checker]\nkind = "ask"\n')
+    monkeypatch.setenv("SQUIRREL_TASKS_DIR", str(tmp_path))
+    assert check_assignable(["user-note"]) == ""
+    assert "runs alone" in check_assignable(["user-note", "user-note"])
+    assert "runs alone" in check_assignable(["user-note", "click-button"])
+    assert same_desktop(["user-note"], ["user-note"]) and not same_desktop(["user-other"], ["user-note"])
+    assert not same_desktop(["click-button"], ["user-note"]) and same_desktop(["click-tab"], ["click-button"])

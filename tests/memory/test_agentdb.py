@@ -137,3 +137,32 @@ def test_purge_by_task_and_time_then_vacuum(tmp_path):
         assert db.purge(task="other")["episodes"] == 1
         assert [e.id for e in db.episodes()] == [keep]
         assert db.integrity_check() == "ok"
+
+
+def test_v1_database_upgrades_keeping_ids_steps_and_demonstrations(tmp_path, monkeypatch):
+    import memory.db as m
+
+    monkeypatch.setattr(m, "MIGRATIONS", m.MIGRATIONS[:1])  # a database written by schema v1
+    db = m.AgentDB.open(tmp_path)
+    tid = db.task_id("t")
+    with db.transaction() as c:
+        ins = "INSERT INTO episodes(task_id, seed, instruction, started) VALUES (?, ?, ?, 0)"
+        demo = c.execute(ins, (tid, 1, "[demonstration] Click it.")).lastrowid
+        gone = c.execute(ins, (tid, 2, "x")).lastrowid
+        c.execute("DELETE FROM episodes WHERE id = ?", (gone,))
+        own = c.execute(ins, (tid, 3, "Click it.")).lastrowid
+    db.add_step(demo, 0, {"kind": "click"}, 1.0)
+    db.end_episode(demo, True, 1.0, 1)
+    db.close()
+    monkeypatch.undo()
+    with m.AgentDB.open(tmp_path) as db:
+        assert db.read("PRAGMA user_version")[0][0] == m.schema_version() and db.read("PRAGMA foreign_keys")[0][0] == 1
+        d, o = db.episode(demo), db.episode(own)
+        assert (d.source, d.instruction, d.outcome) == ("person", "Click it.", "success") and o.source == "agent"
+        assert len(db.steps(demo)) == 1 and db.read("PRAGMA integrity_check")[0][0] == "ok"
+        new = db.begin_episode("t", 4, "y")
+        assert new > own  # ids are never reused across the rebuild
+        db.end_episode(new, None, 0.0, 2)
+        assert db.episode(new).outcome == "pending" and db.episode(new).success is None
+        db.purge("t")  # foreign keys still cascade
+        assert db.read("SELECT count(*) FROM steps")[0][0] == 0
