@@ -137,6 +137,7 @@ def main(argv: list[str], prog: str) -> int:
     tasks = [t for t in cfg.tasks.split(",") if t]
     if not tasks:
         raise UserError("--tasks is empty; name at least one task (squirrel tasks lists them)")
+    _refuse_person_judged(tasks)
     run = LearnRun(cfg, tasks)
     try:
         run.start()
@@ -152,6 +153,19 @@ def main(argv: list[str], prog: str) -> int:
     return 0
 
 
+def _refuse_person_judged(tasks: list[str]) -> None:
+    """Headless, nobody can give an "ask the person" task its outcome: say where it can be learned."""
+    user = [t[len("user-"):] for t in tasks if t.startswith("user-")]
+    if not user:
+        return
+    from agent.tasks.user import scan
+
+    for _, spec, _ in scan():
+        if spec is not None and spec.name in user and spec.checker["kind"] == "ask":
+            raise UserError(f"user-{spec.name} is judged by a person (checker kind \"ask\"): assign it in "
+                            "`squirrel panel`, where thumbs up/down give each episode its outcome")
+
+
 class LearnRun:
     """The pieces of one `squirrel learn` run, so the CLI, the benchmark and the demo share them."""
 
@@ -160,9 +174,10 @@ class LearnRun:
         self.home = Path(cfg.home)
         self.env, self._own_env = env, env is None
         self.curve = Curve(cfg.window, cfg.curve_every)
-        self.writer = self.bar = self.db = None
+        self.writer = self.bar = self.db = self.lock = None
         self.t0 = time.time()
         self._last_ckpt = 0
+        self._pending_db: dict[int, int] = {}  # database episode id -> learner episode, waiting for a person
 
     def start(self) -> None:
         import torch
@@ -170,9 +185,10 @@ class LearnRun:
         from agent.learner import Agent, Learner
         from trainer.checkpoint import load_latest, restore
 
+        from agent.home import HomeLock
         from memory.db import AgentDB
 
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.lock = HomeLock(self.home).acquire()  # one agent per home; a killed one's lock is taken over
         self.db = AgentDB.open(self.home)
         self.db.abandon_unfinished()
         torch.manual_seed(self.cfg.seed)
@@ -209,7 +225,8 @@ class LearnRun:
         self.save()
 
     def _record(self, r) -> None:
-        """The episode and its steps into the agent's database (episodes survive a crash once written)."""
+        """The episode and its steps into the agent's database (episodes survive a crash once written); an
+        undecided one ("ask the person") is recorded as pending."""
         D = self.agent.policy.encoder.dim
         eid = self.db.begin_episode(r.task, r.seed, r.instruction)
         for i, st in enumerate(r.transitions):
@@ -217,11 +234,31 @@ class LearnRun:
             d = dict(act.to_dict(), kind=act.type.name.lower())
             target = st.action_features[9:9 + D].numpy() if "x" in d else None
             self.db.add_step(eid, i, d, st.reward, target=target)
-        self.db.end_episode(eid, bool(r.success), r.ret, r.steps)
+        self.db.end_episode(eid, r.success if r.success is None and r.episode in self.learner.pending else bool(r.success),
+                            r.ret, r.steps)
+        r.db_id = eid
+
+    def judge(self, episode_id: int, good: bool) -> bool:
+        """A person's verdict on an episode in the database (the panel's thumbs). A pending episode of this run
+        is then learned from and counted in the curve; any other just gets its outcome. False: no such episode."""
+        try:
+            ep = self.db.episode(episode_id)
+        except KeyError:
+            return False
+        self.db.end_episode(episode_id, good, (ep.ret or 0.0) + (1.0 if good else -1.0) * (ep.outcome == "pending"),
+                            ep.steps or 0)
+        learner_episode = self._pending_db.pop(episode_id, None)
+        r = self.learner.judge(learner_episode, good) if learner_episode is not None else None
+        if r is not None and self.curve.add(r.task, r.success, r.steps):
+            self.write_curve()
+        return True
 
     def _on_episode(self, r) -> None:
         if self.db is not None:
             self._record(r)
+            if r.success is None and r.episode in self.learner.pending:
+                self._pending_db[r.db_id] = r.episode
+                return  # counted in the curve when a person gives the outcome
         if self.curve.add(r.task, r.success, r.steps):
             self.write_curve()
         if self.writer:
@@ -276,3 +313,5 @@ class LearnRun:
             self.db.close()
         if self._own_env and self.env is not None:
             self.env.close()
+        if self.lock is not None:
+            self.lock.release()
