@@ -29,6 +29,7 @@ BENCH: dict[str, tuple[str, str]] = {
     "memory": ("memory.bench:main", "kNN query latency, insert throughput, database size"),
     "learn": ("agent.bench_learn:main", "learning curves: squirrel vs random vs SB3 PPO"),
     "miniwob": ("agent.tasks.bench_miniwob:main", "MiniWoB++ in Chromium: learning curves from scratch, steps/s, reset ms"),
+    "crash": ("agent.bench_crash:main", "kill -9 `squirrel learn` in every phase, resume: integrity, nothing lost"),
 }
 
 
