@@ -166,3 +166,36 @@ def test_stop_interrupts_a_long_update_and_still_saves(tmp_path):
     print(f"stop during a 30 s update took {took:.2f} s")
     assert took < 1.0 and proc.proc.returncode == 0
     assert ("saved", 8) in events and ("status", "stopped", "") in events
+
+
+def test_ask_the_person_task_waits_for_thumbs_then_is_learned(panel, qtbot, tmp_path):
+    """A user task whose checker is "ask", on its own virtual display with its real app: its undecided
+    episodes wait in the panel; a thumbs up gives one its outcome, in the database and the agent's curve."""
+    import sys
+    from pathlib import Path
+
+    app = Path(__file__).parents[1] / "agent" / "apps" / "note_app.py"
+    tasks = tmp_path / "tasks"
+    tasks.mkdir(exist_ok=True)
+    (tasks / "note.toml").write_text(
+        f'name = "note"\ninstruction = "Type hello and press Enter"\ncommand = ["{sys.executable}", "{app}", '
+        f'"{tmp_path / "out.txt"}"]\n[window]\ntitle = "Squirrel note"\n[checker]\nkind = "ask"\n')
+    ctl, win = panel(tasks="user-note")
+    win.show()
+    win.tabs.setCurrentWidget(win.live)
+    ctl.start()
+    qtbot.waitUntil(lambda: len(ctl.live.awaiting) > 0, timeout=120_000)  # the agent declared done: the person decides
+    eid = ctl.live.awaiting[0]["id"]
+    with AgentDB.open(ctl.home, readonly=True) as db:
+        assert db.episode(eid).outcome == "pending"
+    win.live._fill_awaiting()
+    win.live.awaiting.setCurrentRow(0)
+    qtbot.mouseClick(win.live.up, LEFT)
+    qtbot.waitUntil(lambda: all(e["id"] != eid for e in ctl.live.awaiting), timeout=20_000)
+    with AgentDB.open(ctl.home, readonly=True) as db:
+        assert db.episode(eid).outcome == "success"
+    ctl.stop()
+    qtbot.waitUntil(lambda: not ctl.state.alive, timeout=20_000)
+    curve = json.loads((Path(ctl.home) / "curve.json").read_text())
+    (run,) = [r for r in curve["runs"] if r["task"] == "user-note"]
+    assert run["episodes"] >= 1 and run["final_success"] > 0  # the verdict counted in the agent's own curve
