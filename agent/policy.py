@@ -15,6 +15,7 @@ Gradients from every head (and the world model) reach the encoder: it is trained
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -25,6 +26,10 @@ from torch.distributions import Categorical
 from agent.actions import KEYS, POINTER_TYPES, Action, ActionType
 from agent.instruction import MAX_WORDS
 from agent.reading import instruction_density
+
+# While acting (batch 1), the word matching runs on a second thread during the encoder's forward: torch ops
+# release the GIL, so on two cores the decision costs about max(encoder, matching) instead of their sum.
+_MATCHER = ThreadPoolExecutor(1, thread_name_prefix="word-match")
 
 SUB = 4  # sub-cells per patch side
 N_TYPES = len(ActionType)
@@ -106,6 +111,7 @@ class Policy(nn.Module):
                  learned_matcher: bool = False):
         super().__init__()
         self.encoder, self.reading, self.learned_matcher = encoder, reading, reading and learned_matcher
+        self.concurrent_matching = True  # acting: match the words on a second thread (see _MATCHER)
         D = encoder.dim
         self.grid = tuple(encoder.grid)  # (gh, gw)
         self.patch = encoder.patch_size
@@ -140,6 +146,8 @@ class Policy(nn.Module):
     def forward(self, x: torch.Tensor, instr: dict[str, torch.Tensor]) -> PolicyOutput:
         """x: preprocessed screens (B,3,H,W); instr: InstructionCache.batch() plus 'word_x' (B,K,3,16,96)."""
         tokens, pooled = self.encoder(x)  # (B,N,D), (B,D)
+        if isinstance(instr.get("match"), Future):  # computed meanwhile on the matcher thread (prepare())
+            instr["match"] = instr["match"].result()  # in place: the caller keeps the maps it stores with the step
         B, N, D = tokens.shape
         mask = instr["word_mask"]  # (B,K) bool
         K = mask.shape[1]
@@ -175,7 +183,9 @@ class Policy(nn.Module):
         if self.reading and "match" not in instr:
             from agent.reading import match_maps
 
-            instr = dict(instr, match=match_maps(frames, instr["word_pixels"], instr["word_widths"], instr["word_mask"]))
+            args = (frames, instr["word_pixels"], instr["word_widths"], instr["word_mask"])
+            concurrent = self.concurrent_matching and len(frames) == 1 and not torch.is_grad_enabled()  # acting
+            instr = dict(instr, match=_MATCHER.submit(match_maps, *args) if concurrent else match_maps(*args))
         if self.learned_matcher:
             wp = instr["word_pixels"]  # (B,K,16,96,3) uint8
             B, K = wp.shape[:2]

@@ -11,6 +11,9 @@ screens at full resolution, against 53% on 4x4-pooled pixels and ~30% on random-
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,47 +21,72 @@ import torch.nn.functional as F
 CELL = 4  # pixels per sub-cell of the policy's point head
 
 
+class _Templates(NamedTuple):
+    ft: torch.Tensor  # (K,Hp,Wp/2+1) complex: FFT of the zero-mean, masked word images
+    tnorm: torch.Tensor  # (K,)
+    n: torch.Tensor  # (K,) pixels inside each word
+    cols: torch.Tensor  # (K,2) first and last+1 column of each word in its template
+    mask: torch.Tensor  # (K,) bool
+    shape: tuple[int, int]  # template (h, w)
+
+
+_CACHE: OrderedDict = OrderedDict()  # the same instruction's words are matched against every frame: FFT them once
+
+
+def _templates(word_pixels: np.ndarray, widths: np.ndarray, mask: np.ndarray, H: int, W: int) -> _Templates:
+    key = (hash(word_pixels.tobytes()), widths.tobytes(), mask.tobytes(), H, W)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit
+    t = 1.0 - torch.from_numpy(word_pixels).float().mean(-1) / 255.0  # (K,h,w), ink is high
+    widths_t = torch.from_numpy(widths).float()
+    K, th, tw = t.shape
+    cols = torch.arange(tw).float()
+    m = ((cols[None] + 0.5 - tw / 2).abs() <= (widths_t[:, None] / 2).clamp(min=1)).float()[:, None, :].expand(K, th, tw)
+    n = m.sum((1, 2)).clamp(min=1)
+    t = (t - (t * m).sum((1, 2), keepdim=True) / n[:, None, None]) * m  # zero-mean inside the word
+    c0 = (tw / 2 - widths_t / 2).clamp(min=0).floor().long()
+    c1 = (c0 + widths_t.clamp(min=2).long()).clamp(max=tw)
+    tpl = _Templates(torch.fft.rfft2(t, s=(H + th, W + tw)).conj(), t.flatten(1).norm(dim=-1).clamp(min=1e-4), n,
+                     torch.stack([c0, c1], 1), torch.from_numpy(mask).bool(), (th, tw))
+    _CACHE[key] = tpl
+    if len(_CACHE) > 256:
+        _CACHE.popitem(last=False)
+    return tpl
+
+
 @torch.no_grad()
 def match_maps(frames: np.ndarray, word_pixels: torch.Tensor | np.ndarray, widths, mask, height: int = 208,
                width: int = 160) -> torch.Tensor:
     """frames (B,H,W,3) uint8, word_pixels (B,K,h,w,3) uint8 (words centred), widths (B,K) px, mask (B,K) bool
     -> (B,K,height/4,width/4) float32 in [-1,1]: the best match of each word centred in each 4x4 cell."""
-    s = torch.from_numpy(np.ascontiguousarray(frames[:, :height, :width])).float().mean(-1) / 255.0  # (B,H,W)
-    t = torch.as_tensor(np.asarray(word_pixels)).float().mean(-1) / 255.0  # (B,K,h,w)
-    widths = torch.as_tensor(np.asarray(widths)).float()
-    mask = torch.as_tensor(np.asarray(mask)).bool()
+    s = 1.0 - torch.from_numpy(np.ascontiguousarray(frames[:, :height, :width])).float().mean(-1) / 255.0  # (B,H,W)
+    word_pixels, widths, mask = (np.asarray(a) for a in (word_pixels, widths, mask))
     B, H, W = s.shape
-    K, th, tw = t.shape[1:]
-    s, t = 1.0 - s, 1.0 - t  # ink is high
-    cols = torch.arange(tw).float()
-    wm = ((cols[None, None] + 0.5 - tw / 2).abs() <= (widths[..., None] / 2).clamp(min=1)).float()  # (B,K,tw)
-    m = wm[:, :, None, :].expand(B, K, th, tw)
-    n = m.sum((2, 3)).clamp(min=1)  # (B,K)
-    t = (t - (t * m).sum((2, 3), keepdim=True) / n[..., None, None]) * m  # zero-mean inside the word
-    tnorm = t.flatten(2).norm(dim=-1).clamp(min=1e-4)  # (B,K)
-    # correlation via FFT: out[y, x] = sum_ij s[y+i, x+j] t[i, j]  (template top-left at (y, x))
+    K, th, tw = word_pixels.shape[1:4]
     Hp, Wp = H + th, W + tw
-    fs = torch.fft.rfft2(s, s=(Hp, Wp))[:, None]  # (B,1,..)
-    ft = torch.fft.rfft2(t, s=(Hp, Wp))
-    num = torch.fft.irfft2(fs * ft.conj(), s=(Hp, Wp))[..., :H, :W]  # (B,K,H,W)
-    # window sums over each word's rectangle (rows 0..th, its own columns) with integral images
-    ii = F.pad(s, (1, 0, 1, 0)).cumsum(1).cumsum(2)  # (B,H+1,W+1)
-    ii2 = F.pad(s * s, (1, 0, 1, 0)).cumsum(1).cumsum(2)
-    iip = F.pad(ii, (0, tw, 0, th), mode="replicate")
-    ii2p = F.pad(ii2, (0, tw, 0, th), mode="replicate")
-    c0 = ((tw / 2 - widths / 2).clamp(min=0)).floor().long()  # (B,K) first column of the word
-    c1 = (c0 + widths.clamp(min=2).long()).clamp(max=tw)
+    fs = torch.fft.rfft2(s, s=(Hp, Wp))  # (B,..)
+    # window sums of the screen over each word's rectangle (rows y..y+th, its own columns) via integral images
+    ii = F.pad(F.pad(s, (1, 0, 1, 0)).cumsum(1).cumsum(2), (0, tw, 0, th), mode="replicate")  # (B,Hp+1,Wp+1)
+    ii2 = F.pad(F.pad(s * s, (1, 0, 1, 0)).cumsum(1).cumsum(2), (0, tw, 0, th), mode="replicate")
     out = torch.full((B, K, H, W), -1.0)
     for b in range(B):
-        for k in range(K):
-            if not mask[b, k]:
-                continue
-            x0, x1 = int(c0[b, k]), int(c1[b, k])
-            # sum over rows y..y+th, columns x+x0..x+x1, for every (y, x), as slices of the integral image
-            s1 = iip[b, th:th + H, x1:x1 + W] - iip[b, :H, x1:x1 + W] - iip[b, th:th + H, x0:x0 + W] + iip[b, :H, x0:x0 + W]
-            s2 = ii2p[b, th:th + H, x1:x1 + W] - ii2p[b, :H, x1:x1 + W] - ii2p[b, th:th + H, x0:x0 + W] + ii2p[b, :H, x0:x0 + W]
-            var = (s2 - s1 * s1 / n[b, k]).clamp(min=1e-3)
-            out[b, k] = num[b, k] / (var.sqrt() * tnorm[b, k])
+        tpl = _templates(word_pixels[b], widths[b], mask[b], H, W)
+        on = tpl.mask.nonzero()[:, 0]
+        if not len(on):
+            continue
+        # correlation via FFT: num[y, x] = sum_ij s[y+i, x+j] t[i, j]  (template top-left at (y, x))
+        num = torch.fft.irfft2(fs[b] * tpl.ft[on], s=(Hp, Wp))[..., :H, :W]  # (k,H,W)
+        x0, x1 = tpl.cols[on, 0], tpl.cols[on, 1]
+
+        def box(i):  # (k,H,W) sums over rows y..y+th and columns x+c0..x+c1, for every (y, x)
+            d = (i[th:th + H] - i[:H]).unfold(1, W, 1)  # (H, Wp+2-W, W): d[:, c] is columns c..c+W
+            return (d[:, x1] - d[:, x0]).transpose(0, 1)
+
+        s1, s2 = box(ii[b]), box(ii2[b])
+        var = (s2 - s1 * s1 / tpl.n[on, None, None]).clamp(min=1e-3)
+        out[b, on] = num / (var.sqrt() * tpl.tnorm[on, None, None])
     # the response at (y, x) is for the word centred at (y + th/2, x + tw/2): shift, then pool to cells
     out = F.pad(out, (tw // 2, 0, th // 2, 0), value=-1.0)[..., :H, :W]
     return F.max_pool2d(out.flatten(0, 1)[:, None], CELL)[:, 0].reshape(B, K, H // CELL, W // CELL)

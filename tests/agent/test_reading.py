@@ -1,0 +1,51 @@
+"""Reading by matching: a rendered instruction word is found where it is shown, among other words."""
+
+import numpy as np
+import torch
+
+from agent.instruction import WORD_H, WORD_W, render_word
+from agent.reading import CELL, match_maps
+
+
+def screen_with(words_at: dict[str, tuple[int, int]]) -> np.ndarray:
+    frame = np.full((1, 210, 160, 3), 255, np.uint8)
+    for word, (y, x) in words_at.items():
+        px, _ = render_word(word)
+        frame[0, y:y + WORD_H, x:x + WORD_W] = np.minimum(frame[0, y:y + WORD_H, x:x + WORD_W], px)
+    return frame
+
+
+def test_each_word_peaks_where_it_is_shown_and_masked_words_stay_off():
+    places = {"harbor": (30, 10), "orbit": (90, 60), "lantern": (150, 20)}
+    frame = screen_with(places)
+    query = ["orbit", "harbor", "lantern", "unused"]
+    px, widths = zip(*[render_word(w) for w in query])
+    mask = np.array([[True, True, True, False]])
+    maps = match_maps(frame, np.stack(px)[None], np.array(widths)[None], mask)
+    assert maps.shape == (1, 4, 208 // CELL, 160 // CELL)
+    for k, word in enumerate(query[:3]):
+        y, x = places[word]
+        cy, cx = divmod(int(maps[0, k].argmax()), maps.shape[-1])
+        centre = ((y + WORD_H // 2) // CELL, (x + WORD_W // 2) // CELL)
+        assert abs(cy - centre[0]) <= 1 and abs(cx - centre[1]) <= 1, (word, (cy, cx), centre)
+        assert float(maps[0, k].max()) > 0.9
+    assert float(maps[0, 3].max()) == -1.0  # a masked word matches nowhere
+    again = match_maps(frame, np.stack(px)[None], np.array(widths)[None], mask)  # cached templates: same answer
+    assert torch.equal(maps, again)
+
+
+def test_matching_beside_the_encoder_gives_the_same_decision_as_after_it():
+    from pathlib import Path
+
+    from agent.learner import Agent, AgentConfig, ObsBatch
+
+    torch.manual_seed(0)
+    agent = Agent(AgentConfig(encoder=str(Path(__file__).parents[1] / "fixtures" / "tiny-encoder.json")))
+    ob = ObsBatch(screen_with({"harbor": (30, 10), "orbit": (90, 60)}), ["Click the orbit button"])
+    outs = []
+    for concurrent in (True, False):
+        agent.policy.concurrent_matching = concurrent
+        _, _, value, _, _, out, match = agent.act(ob, greedy=True)
+        outs.append((value, out.patch_logits, match[0]))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
