@@ -30,6 +30,7 @@ BENCH: dict[str, tuple[str, str]] = {
     "learn": ("agent.bench_learn:main", "learning curves: squirrel vs random vs SB3 PPO"),
     "miniwob": ("agent.tasks.bench_miniwob:main", "MiniWoB++ in Chromium: learning curves from scratch, steps/s, reset ms"),
     "crash": ("agent.bench_crash:main", "kill -9 `squirrel learn` in every phase, resume: integrity, nothing lost"),
+    "soak": ("agent.bench_soak:main", "a long learning run: RSS, database size and open files sampled, trend after warm-up"),
 }
 
 
