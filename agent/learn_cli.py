@@ -32,7 +32,9 @@ class LearnConfig:
     resume: bool = False
     """Continue from the newest good checkpoint in --home."""
     display: str = ""
-    """An existing X display to act on. Empty: a private virtual display."""
+    """An existing X display to act on (needs --target-window). Empty: a private virtual display."""
+    target_window: str = ""
+    """With --display: title (or part of it) of the only window the agent may act on; it stops when the window goes."""
     json: str = ""
     """Also write the learning curve here."""
     curve_every: int = 500
@@ -94,8 +96,20 @@ class Curve:
         self.episodes.update(st["episodes"])
 
 
-def make_task_env(tasks: list[str], display: str | None):
-    """One gated env on one desktop that can run any of `tasks` (reset(options={"task": ...}))."""
+def make_task_env(tasks: list[str], display: str | None, target_window: str = ""):
+    """One gated env on one desktop that can run any of `tasks` (reset(options={"task": ...})). On a display
+    Squirrel did not start, the gate confines every action to `target_window` (required there)."""
+    if display and not all(t.startswith("fake-") for t in tasks):
+        if not target_window:
+            raise UserError(f"acting on display {display} (one Squirrel did not start) needs --target-window TITLE, "
+                            "the one window the agent may act on")
+        env = _task_env(tasks, display)
+        env.get_wrapper_attr("config").target_window = target_window
+        return env
+    return _task_env(tasks, display)
+
+
+def _task_env(tasks: list[str], display: str | None):
     from agent.registration import PLAYGROUND_TASKS, make_env
 
     if all(t.startswith("fake-") for t in tasks):  # the display-free fake desktop (tests, CI smoke runs)
@@ -195,7 +209,7 @@ class LearnRun:
         np.random.seed(self.cfg.seed)
         self.agent = Agent(self.cfg.agent)
         if self.env is None:
-            self.env = make_task_env(self.tasks, self.cfg.display or None)
+            self.env = make_task_env(self.tasks, self.cfg.display or None, self.cfg.target_window)
         self.learner = Learner(self.agent, self.env, self.tasks, seed=self.cfg.seed)
         if self.cfg.resume:
             found = load_latest(self.home / "checkpoints")
