@@ -95,3 +95,31 @@ def test_no_policy_output_escapes_the_gate(seq, stop_at):
             assert 0 <= a.x2 < 160 and 0 <= a.y2 < 210
         if a.type == ActionType.KEY:
             assert a.key in KEYS
+
+
+# The gate under attack: a policy allowed every chord (denied ones included) and any rate it asks for.
+@settings(max_examples=150, deadline=None)
+@given(st.lists(actions, min_size=1, max_size=25), st.integers(0, 30), st.sampled_from([200.0, 500.0]))
+def test_denylist_rate_and_stop_hold_whatever_the_policy_sends(seq, stop_at, rate):
+    from agent.gate import DENIED_CHORDS, Stopped
+
+    env = SafetyGate(Recorder(), GateConfig(max_actions_per_s=rate, allowed_keys=KEYS + DENIED_CHORDS + ("super+l",)))
+    env.reset(seed=0)
+    for i, a in enumerate(seq):
+        if i == stop_at:
+            env.stop.set()
+        _, _, _, truncated, info = env.step(a)
+        if i >= stop_at:
+            assert info.get("refused") == "stopped" and truncated
+    executed = env.unwrapped.executed
+    assert len(executed) <= min(len(seq), stop_at)
+    for _, a in executed:
+        if a.type == ActionType.KEY:
+            assert a.key not in DENIED_CHORDS and "super" not in a.key.split("+")
+    times = np.array([t for t, _ in executed])
+    assert len(times) < 2 or np.diff(times).min() >= 1 / rate - 1e-4  # never a burst above the rate
+    if stop_at < len(seq):
+        import pytest
+
+        with pytest.raises(Stopped):  # a stopped gate never starts another episode; Ctrl-C's save-and-exit path runs
+            env.reset(seed=1)
