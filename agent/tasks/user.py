@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 import tomllib
@@ -38,6 +39,7 @@ from squirrel.errors import UserError
 CHECKERS = ("command", "file_contains", "window_title", "ask")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_OUTPUT = 64 * 1024  # bytes of checker output kept
+MAX_FILE = 256 * 1024  # bytes of a task file
 TASKS_DIR_ENV = "SQUIRREL_TASKS_DIR"
 
 
@@ -77,6 +79,8 @@ def parse_task(text: str, path: str = "<task>") -> TaskSpec:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise TaskFileError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise TaskFileError(f"{path}: not a task file (arrays or tables nested too deeply)") from None
     known = {"name", "instruction", "command", "max_steps", "size", "window", "checker"}
     extra = sorted(set(d) - known)
     _want(not extra, path, f"unknown field '{extra[0] if extra else ''}' (known: {', '.join(sorted(known))})")
@@ -128,11 +132,14 @@ def parse_task(text: str, path: str = "<task>") -> TaskSpec:
 def load_task(path: str | Path) -> TaskSpec:
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        with open(p, "rb") as f:
+            raw = f.read(MAX_FILE + 1)
     except OSError as e:
         raise TaskFileError(f"{p}: cannot read: {e.strerror}") from None
+    if len(raw) > MAX_FILE:
+        raise TaskFileError(f"{p}: larger than {MAX_FILE // 1024} KiB; a task file is a few lines")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark (some editors write one) is fine
     except UnicodeDecodeError:
         raise TaskFileError(f"{p}: not UTF-8 text") from None
     return parse_task(text, str(p))
@@ -210,12 +217,45 @@ def run_checker(c: dict, actuator) -> tuple[bool | None, str]:
             return False, f"cannot read {c['path']}: {e.strerror}"
         return c["text"].encode() in data, ""
     try:
-        r = subprocess.run(c["command"], capture_output=True, timeout=c.get("timeout_s", 10), stdin=subprocess.DEVNULL)
+        code, out = _run_bounded(c["command"], c.get("timeout_s", 10))
     except FileNotFoundError:
         raise UserError(f"checker command not found: {c['command'][0]} (fix 'checker.command' in the task file)") from None
-    except subprocess.TimeoutExpired:
+    except OSError as e:
+        raise UserError(f"cannot run checker command {c['command'][0]}: {e.strerror} (fix 'checker.command' in the task "
+                        "file)") from None
+    if code is None:
         return False, f"checker timed out after {c.get('timeout_s', 10)} s"
-    return r.returncode == 0, (r.stdout[-MAX_OUTPUT:] + r.stderr[-MAX_OUTPUT:]).decode(errors="replace")[-MAX_OUTPUT:]
+    return code == 0, out.decode(errors="replace")
+
+
+def _run_bounded(command: list[str], timeout: float) -> tuple[int | None, bytes]:
+    """Run without a shell; keep the last MAX_OUTPUT bytes of its output (stdout and stderr together) however much
+    it writes; after `timeout` kill it and everything it started. (exit code or None on timeout, output)."""
+    import selectors
+
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    out, end = bytearray(), time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < end:
+            if not sel.select(end - time.monotonic()):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            out += chunk
+            del out[:-MAX_OUTPUT]
+    proc.stdout.close()
+    try:
+        return proc.wait(max(0.0, end - time.monotonic())), bytes(out)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        return None, bytes(out)
 
 
 class UserTaskEnv(ScreenEnv):
