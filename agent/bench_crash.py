@@ -234,8 +234,10 @@ def inspect_home(home: Path) -> dict:
             break
         except UserError:
             skipped.append(path.name)
+    stale = [p for p in (home / "checkpoints").glob("*.tmp")]  # temp files of a write the kill cut short
     return {"integrity": integrity, "foreign_key_errors": len(fk), "ended": ended, "episodes": n_all[0],
-            "max_episode_id": n_all[1], "expected_step": expected, "broken_newest": skipped}
+            "max_episode_id": n_all[1], "expected_step": expected, "broken_newest": skipped,
+            "stale_tmp_files": len(stale), "stale_tmp_bytes": sum(p.stat().st_size for p in stale)}
 
 
 def _resumed_step(out: str) -> int | None:
@@ -315,6 +317,9 @@ def run(cfg: BenchCrashConfig, home: Path, log=print) -> dict:
             # 2. aim: wait for the phase, then kill at a random moment inside it
             target = PHASES[i % len(PHASES)]
             rec["target"] = target
+            if target != "checkpointing":  # one new checkpoint first, so that the learning curve moves on
+                while not child.count(b"c") and child.proc.poll() is None and time.monotonic() < deadline + 60:
+                    child.pump(0.05)
             if target == "mining":
                 child.pump_for(rnd.uniform(1.0, 4.0))  # let it act and record a few episodes first
                 miner = Marked(["--mine", str(home)], env)
@@ -368,7 +373,8 @@ def run(cfg: BenchCrashConfig, home: Path, log=print) -> dict:
         new_ended = [e for e in state["ended"] if e not in seen_ended]
         rec.update(integrity=state["integrity"], foreign_key_errors=state["foreign_key_errors"],
                    episodes_ended=len(state["ended"]), recorded_this_run=recorded, new_ended=len(new_ended),
-                   lost=len(lost), checkpoint_for_resume=state["expected_step"], broken_newest=state["broken_newest"])
+                   lost=len(lost), checkpoint_for_resume=state["expected_step"], broken_newest=state["broken_newest"],
+                   stale_tmp_files=state["stale_tmp_files"], stale_tmp_bytes=state["stale_tmp_bytes"])
         if state["integrity"] != "ok" or state["foreign_key_errors"]:
             problems.append(f"round {i}: integrity {state['integrity']!r}, {state['foreign_key_errors']} fk errors")
         if lost or len(new_ended) < recorded:
@@ -404,6 +410,8 @@ def run(cfg: BenchCrashConfig, home: Path, log=print) -> dict:
         "fallbacks_silent": sum(bool(r["skipped"]) and not r["skip_message"] for r in rounds[1:] + [final_rec]),
         "broken_checkpoints_left_by_kills": len({n for r in rounds for n in r["broken_newest"]}),
         "resumed_steps": [r["resumed_step"] for r in rounds[1:]] + [final_rec["resumed_step"]],
+        # checkpoint temp files left behind by kills mid-write (nothing removes them): disk a crash costs
+        "stale_tmp_files": state["stale_tmp_files"], "stale_tmp_bytes": state["stale_tmp_bytes"],
     }
     return {"config": asdict(cfg), "counts": counts, "rounds": rounds, "final": final, "problems": problems,
             "ok": not problems and final["ok"]}
