@@ -138,8 +138,8 @@ def main(argv: list[str], prog: str) -> int:
 def run(cfg: BenchSoakConfig, home: Path) -> dict:
     cmd = [sys.executable, "-m", "squirrel", "learn", "--tasks", cfg.tasks, "--home", str(home), "--steps", str(10**9),
            "--no-progress", "--agent.threads", "1"] + (["--agent.encoder", cfg.encoder] if cfg.encoder else [])
-    log = open(home.parent / f"{home.name}.log", "wb") if cfg.home else tempfile.TemporaryFile()
     home.mkdir(parents=True, exist_ok=True)
+    log = open(home.parent / f"{home.name}.log", "w+b") if cfg.home else tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     t0 = time.monotonic()
     samples = []
