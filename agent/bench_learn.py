@@ -186,6 +186,12 @@ def summarize(runs: list[dict], tasks: list[str], agents: list[str], steps: int,
                 "steps_per_s_mean": float(np.mean([r["steps_per_s"] for r in ok])) if ok else None,
                 "curve_mean": _mean_curve([r["curve"] for r in ok], every) if len(ok) == len(rs) else [],
             }
+            ev = [r for r in ok if r.get("eval_curve")]  # greedy evaluations (squirrel learn --eval-every)
+            if ev:
+                summary[task][agent].update(
+                    eval_final_success_mean=float(np.mean([r["eval_final_success"] for r in ev])),
+                    eval_reached_80=sum(r["eval_steps_to_80"] is not None for r in ev),
+                    eval_reached_90=sum(r["eval_steps_to_90"] is not None for r in ev))
     ratio, lower = {}, {}
     for task in tasks:
         sq = summary.get(task, {}).get("squirrel", {}).get("steps_to_80_mean")

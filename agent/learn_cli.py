@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.distributed import ScaleConfig
 from agent.learner import AgentConfig
 from squirrel.errors import UserError
 
@@ -31,6 +32,13 @@ class LearnConfig:
     """Agent home: checkpoints, TensorBoard logs, learning curve."""
     resume: bool = False
     """Continue from the newest good checkpoint in --home."""
+    actors: int = 0
+    """Ray actors acting at once, each on its own virtual display with a copy of the policy, sending episodes to
+    this process, which learns (0: the single-process loop)."""
+    ray_address: str = ""
+    """With --actors: join the Ray cluster at this address (HOST:PORT, as `ray start --head` prints). Empty: start Ray
+    on this machine."""
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
     display: str = ""
     """An existing X display to act on (needs --target-window). Empty: a private virtual display."""
     target_window: str = ""
@@ -41,6 +49,11 @@ class LearnConfig:
     """Env steps between learning-curve points."""
     window: int = 50
     """Episodes per task in the moving success rate."""
+    eval_every: int = 0
+    """Env steps between greedy evaluations (0: off): --eval-episodes episodes per task on fixed seeds, the
+    policy's best guess without exploration; not learned from, not counted as training steps."""
+    eval_episodes: int = 20
+    """Episodes per task in each greedy evaluation."""
     checkpoint_every: int = 2000
     """Env steps between checkpoints."""
     tensorboard: bool = True
@@ -59,6 +72,8 @@ class Curve:
         self.task_steps: dict[str, int] = defaultdict(int)
         self.points: dict[str, list] = defaultdict(list)
         self.episodes: dict[str, int] = defaultdict(int)
+        self.eval_points: dict[str, list] = defaultdict(list)  # [task steps, greedy success]
+        self.eval_steps = 0
 
     def add(self, task: str, success: bool | None, steps: int) -> bool:
         """Record an episode; True when it added a curve point."""
@@ -82,11 +97,17 @@ class Curve:
             s80 = next((s for s, v in pts if v >= 0.8), None)
             out.append({"task": task, "agent": agent, "seed": seed, "curve": pts, "final_success": self.rate(task),
                         "steps_to_80": s80, "episodes": self.episodes[task], "env_steps": self.task_steps[task]})
+            ev = self.eval_points.get(task)
+            if ev:
+                out[-1].update(eval_curve=ev, eval_final_success=ev[-1][1],
+                               eval_steps_to_80=next((s for s, v in ev if v >= 0.8), None),
+                               eval_steps_to_90=next((s for s, v in ev if v >= 0.9), None))
         return out
 
     def state(self) -> dict:
         return {"recent": {k: list(v) for k, v in self.recent.items()}, "task_steps": dict(self.task_steps),
-                "points": dict(self.points), "episodes": dict(self.episodes)}
+                "points": dict(self.points), "episodes": dict(self.episodes), "eval_points": dict(self.eval_points),
+                "eval_steps": self.eval_steps}
 
     def load(self, st: dict) -> None:
         for k, v in st["recent"].items():
@@ -94,6 +115,8 @@ class Curve:
         self.task_steps.update(st["task_steps"])
         self.points.update(st["points"])
         self.episodes.update(st["episodes"])
+        self.eval_points.update(st.get("eval_points", {}))
+        self.eval_steps = st.get("eval_steps", 0)
 
 
 def make_task_env(tasks: list[str], display: str | None, target_window: str = ""):
@@ -190,7 +213,7 @@ class LearnRun:
         self.curve = Curve(cfg.window, cfg.curve_every)
         self.writer = self.bar = self.db = self.lock = None
         self.t0 = time.time()
-        self._last_ckpt = 0
+        self._last_ckpt = self._last_eval = 0
         self._pending_db: dict[int, int] = {}  # database episode id -> learner episode, waiting for a person
 
     def start(self) -> None:
@@ -208,9 +231,10 @@ class LearnRun:
         torch.manual_seed(self.cfg.seed)
         np.random.seed(self.cfg.seed)
         self.agent = Agent(self.cfg.agent)
-        if self.env is None:
+        if self.env is None and not self.cfg.actors:  # (actors start their own desktops)
             self.env = make_task_env(self.tasks, self.cfg.display or None, self.cfg.target_window)
-        self.learner = Learner(self.agent, self.env, self.tasks, seed=self.cfg.seed)
+        self.learner = (self._distributed_learner() if self.cfg.actors
+                        else Learner(self.agent, self.env, self.tasks, seed=self.cfg.seed))
         if self.cfg.resume:
             found = load_latest(self.home / "checkpoints")
             if found is None:
@@ -220,7 +244,7 @@ class LearnRun:
                 restore(tensors, meta, self.agent.modules(), self.agent.optimizer)
                 self.learner.load_counters(meta["counters"])
                 self.curve.load(meta["counters"]["curve"])
-                self._last_ckpt = self.learner.env_steps
+                self._last_ckpt = self._last_eval = self.learner.env_steps
                 print(f"squirrel: resumed from {path.name} at {self.learner.env_steps} env steps")
         self.learner.episode_callbacks.append(self._on_episode)
         self.learner.update_callbacks.append(self._on_update)
@@ -233,6 +257,15 @@ class LearnRun:
 
             self.bar = tqdm(total=self.cfg.steps, initial=self.learner.env_steps, unit="step", desc="learning",
                             dynamic_ncols=True)
+
+    def _distributed_learner(self):
+        """--actors N: Ray actors act on their own desktops, this process learns (agent/distributed.py)."""
+        from agent.distributed import DistributedLearner
+
+        if self.cfg.display:
+            raise UserError("--display is for the single-process loop: each actor starts its own virtual display")
+        return DistributedLearner(self.agent, self.tasks, self.cfg.actors, self.cfg.ray_address, self.cfg.scale,
+                                  seed=self.cfg.seed)
 
     def loop(self) -> None:
         self.learner.run(self.cfg.steps)
@@ -281,8 +314,21 @@ class LearnRun:
         if self.bar:
             self.bar.update(r.env_steps - self.bar.n)
             self.bar.set_postfix({t[:12]: f"{self.curve.rate(t):.2f}" for t in self.tasks}, refresh=False)
+        if self.cfg.eval_every and r.env_steps // self.cfg.eval_every > self._last_eval // self.cfg.eval_every:
+            self.evaluate(r.env_steps)
         if r.env_steps - self._last_ckpt >= self.cfg.checkpoint_every:
             self.save()
+
+    def evaluate(self, env_steps: int) -> None:
+        """Greedy episodes of every task (between training episodes): the eval curve."""
+        self._last_eval = env_steps
+        for task in dict.fromkeys(self.learner.tasks):
+            rate, steps = self.learner.evaluate(task, self.cfg.eval_episodes)
+            self.curve.eval_points[task].append([self.curve.task_steps[task], rate])
+            self.curve.eval_steps += steps
+            if self.writer:
+                self.writer.add_scalar(f"eval_success/{task}", rate, env_steps)
+        self.write_curve()
 
     def _on_update(self, info: dict) -> None:
         if self.writer:
@@ -303,8 +349,12 @@ class LearnRun:
         self.write_curve()
 
     def result(self) -> dict:
-        return {"runs": self.curve.runs(self.agent_name, self.cfg.seed), "env_steps": self.learner.env_steps,
+        info = {"runs": self.curve.runs(self.agent_name, self.cfg.seed), "env_steps": self.learner.env_steps,
+                "eval_env_steps": self.curve.eval_steps,
                 "updates": self.learner.updates, "seconds": time.time() - self.t0}
+        if self.cfg.actors:  # the actors and their rates, the learner's rate, the policy lag
+            info["scale"] = self.learner.status()
+        return info
 
     def write_curve(self) -> None:
         out = json.dumps(self.result(), indent=1)
@@ -316,9 +366,12 @@ class LearnRun:
     def report(self) -> None:
         for r in self.curve.runs(self.agent_name, self.cfg.seed):
             print(f"{r['task']:<18} success {r['final_success']:.2f} (last {self.cfg.window} episodes), "
-                  f"{r['episodes']} episodes, {r['env_steps']} steps, 80% at {r['steps_to_80']}")
+                  f"{r['episodes']} episodes, {r['env_steps']} steps, 80% at {r['steps_to_80']}"
+                  + (f"; greedy {r['eval_final_success']:.2f}, 80% at {r['eval_steps_to_80']}" if "eval_curve" in r else ""))
 
     def close(self) -> None:
+        if self.cfg.actors and hasattr(self, "learner"):
+            self.learner.close()  # the actors' desktops, then Ray
         if self.bar:
             self.bar.close()
         if self.writer:

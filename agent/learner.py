@@ -281,6 +281,22 @@ class Learner:
             if len(self.buffer) >= self.cfg.rollout:
                 self._update()
 
+    @torch.no_grad()
+    def evaluate(self, task: str, episodes: int, seed: int = 1_000_000) -> tuple[float, int]:
+        """Greedy episodes of `task` on fixed seeds (the same screens every time): (success rate, env steps).
+        Nothing is learned from them and they do not count as training steps. Call between episodes."""
+        wins = steps = 0
+        for i in range(episodes):
+            obs, _ = self.env.reset(seed=seed + i, options={"task": task})
+            while True:
+                a = self.agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]), greedy=True)[0]
+                obs, _, terminated, truncated, info = self.env.step(self.agent.policy.to_action(a))
+                steps += 1
+                if terminated or truncated:
+                    wins += bool(info.get("success"))
+                    break
+        return wins / max(episodes, 1), steps
+
     def judge(self, episode: int, good: bool) -> EpisodeResult | None:
         """A person's verdict on a pending episode (by `EpisodeResult.episode`): its last reward becomes +1/-1
         (on top of the step cost) and it joins the next update. Returns the judged result, or None when the

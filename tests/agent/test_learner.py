@@ -139,3 +139,31 @@ def test_person_judged_episodes_wait_then_are_learned_from():
     assert len(outcomes) > 100 and learner.updates >= 15
     first, last = np.mean(outcomes[:80]), np.mean(outcomes[-80:])
     assert last > first + 0.3, (first, last)
+
+
+def test_greedy_evaluations_are_on_the_curve_but_not_learned_from(tmp_path):
+    import json
+
+    cfg = LearnConfig(tasks="fake-click", steps=300, home=str(tmp_path), tensorboard=False, progress=False,
+                      eval_every=100, eval_episodes=4, agent=AgentConfig(encoder=TINY, threads=1, rollout=64))
+    run = LearnRun(cfg, ["fake-click"])
+    run.start()
+    seen = []
+    evaluate = run.learner.evaluate
+
+    def checked(task, n):
+        before = (len(run.learner.buffer), run.learner.env_steps, run.learner.episodes, len(run.learner.sil))
+        out = evaluate(task, n)
+        assert (len(run.learner.buffer), run.learner.env_steps, run.learner.episodes, len(run.learner.sil)) == before
+        seen.append(out)
+        return out
+
+    run.learner.evaluate = checked
+    run.loop()
+    run.close()
+    res = json.loads((tmp_path / "curve.json").read_text())
+    (r,) = res["runs"]
+    assert len(r["eval_curve"]) == len(seen) >= 2 and all(0 <= v <= 1 for _, v in r["eval_curve"])
+    assert [v for _, v in r["eval_curve"]] == [rate for rate, _ in seen]
+    assert res["env_steps"] == run.learner.env_steps <= 300 + 20  # evaluation steps are not training steps
+    assert res["eval_env_steps"] >= 4 * len(seen)
