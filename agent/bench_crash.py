@@ -310,7 +310,11 @@ def run(cfg: BenchCrashConfig, home: Path, log=print) -> dict:
             rec["resume_ok"] = ok
             last_step = max(last_step, got or 0)
             if final:
-                child.proc.wait(cfg.phase_timeout_s * 3)
+                try:
+                    child.proc.wait(cfg.phase_timeout_s * 3)
+                except subprocess.TimeoutExpired:
+                    problems.append(f"final run: not done after {cfg.phase_timeout_s * 3:.0f} s")
+                    kill_tree(child.proc)
                 child.pump()
                 rec.update(exit_code=child.proc.returncode, traceback="Traceback" in child.err.decode(errors="replace"))
                 break
@@ -392,8 +396,11 @@ def run(cfg: BenchCrashConfig, home: Path, log=print) -> dict:
     state = inspect_home(home)
     curve = json.loads((home / "curve.json").read_text()) if (home / "curve.json").exists() else {}
     lost = [e for e in seen_ended if e not in state["ended"]]
+    points = [[s for s, _ in r["curve"]] for r in curve.get("runs", [])]
+    monotone = all(a < b for pts in points for a, b in zip(pts, pts[1:]))  # the curve only ever moves on
     final = {"ok": final_rec.get("exit_code") == 0 and not final_rec.get("traceback") and final_rec["resume_ok"]
-             and state["integrity"] == "ok" and not lost, "exit_code": final_rec.get("exit_code"),
+             and state["integrity"] == "ok" and not lost and monotone, "exit_code": final_rec.get("exit_code"),
+             "curve_points": sum(map(len, points)), "curve_monotone": monotone,
              "resumed_step": final_rec.get("resumed_step"), "env_steps": curve.get("env_steps"),
              "episodes_ended": len(state["ended"]), "integrity": state["integrity"], "lost": len(lost)}
     by_phase: dict[str, int] = {p: 0 for p in (*PHASES, "recording")}
