@@ -231,6 +231,11 @@ class LearnRun:
         torch.manual_seed(self.cfg.seed)
         np.random.seed(self.cfg.seed)
         self.agent = Agent(self.cfg.agent)
+        if self.cfg.agent.memory:
+            from agent.recall import Recall
+            from memory.episodic import EpisodicMemory
+
+            self.agent.recall = Recall(EpisodicMemory(self.db, key_dim=384), self.cfg.agent.memory_k)
         if self.env is None and not self.cfg.actors:  # (actors start their own desktops)
             self.env = make_task_env(self.tasks, self.cfg.display or None, self.cfg.target_window)
         self.learner = (self._distributed_learner() if self.cfg.actors
@@ -285,6 +290,23 @@ class LearnRun:
                             r.ret, r.steps)
         r.db_id = eid
 
+    def _remember(self, r) -> None:
+        """A success's targets into episodic memory (recall), when the agent uses it."""
+        from agent.actions import POINTER_TYPES
+
+        if self.agent.recall is None or not r.success:
+            return
+        points = []
+        last = len(r.transitions) - 1
+        for i, st in enumerate(r.transitions):
+            act = self.agent.policy.to_action(st.action)
+            # only points that did something (the screen changed, or the episode ended there): a click that missed
+            # on the way to a success is not a target worth finding again
+            if act.type in POINTER_TYPES and (st.changed or i == last):
+                points.append((st.frame, act.x, act.y, dict(act.to_dict(), step=i)))
+        self.agent.recall.remember(r.task, self.agent.instructions(r.instruction).sentence.numpy(), points, r.ret,
+                                   episode_id=r.db_id)
+
     def judge(self, episode_id: int, good: bool) -> bool:
         """A person's verdict on an episode in the database (the panel's thumbs). A pending episode of this run
         is then learned from and counted in the curve; any other just gets its outcome. False: no such episode."""
@@ -296,8 +318,10 @@ class LearnRun:
                             ep.steps or 0)
         learner_episode = self._pending_db.pop(episode_id, None)
         r = self.learner.judge(learner_episode, good) if learner_episode is not None else None
-        if r is not None and self.curve.add(r.task, r.success, r.steps):
-            self.write_curve()
+        if r is not None:
+            self._remember(r)
+            if self.curve.add(r.task, r.success, r.steps):
+                self.write_curve()
         return True
 
     def _on_episode(self, r) -> None:
@@ -306,6 +330,7 @@ class LearnRun:
             if r.success is None and r.episode in self.learner.pending:
                 self._pending_db[r.db_id] = r.episode
                 return  # counted in the curve when a person gives the outcome
+            self._remember(r)
         if self.curve.add(r.task, r.success, r.steps):
             self.write_curve()
         if self.writer:

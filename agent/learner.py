@@ -24,6 +24,7 @@ import torch
 from agent.actions import KEYS, ActionType
 from agent.instruction import InstructionCache
 from agent.policy import N_TYPES, POINTER_IDS, ActionBatch, Policy
+from agent.recall import MAP_SHAPE
 from trainer.batches import Evaluation, PPOBatch, SILBatch
 from trainer.gae import gae
 from trainer.ppo import PPOConfig, ppo_update
@@ -35,7 +36,8 @@ _POINTER_IDS = torch.tensor(POINTER_IDS)
 class ObsBatch(NamedTuple):
     frames: np.ndarray  # (B,H,W,3) uint8
     instructions: list[str]
-    match: list | None = None  # per row: (k_i,h,w) float16 word match maps computed while acting (or None)
+    match: list | None = None  # per row: (k_i+m_i,h,w) float16 maps computed while acting (or None): the k_i
+    # instruction words' matches (reading), then m_i recalled targets' matches (recall)
 
 
 @dataclass
@@ -70,6 +72,11 @@ class AgentConfig:
     """torch CPU threads (1 is faster than 2 when anything else shares the cores)."""
     fusion_layers: int = 1
     """Transformer layers fusing instruction and screen tokens."""
+    memory: bool = False
+    """Recall: successful episodes' targets go to episodic memory, and the nearest remembered goals' targets,
+    matched on the screen, are a click prior the policy learns to trust (agent/recall.py)."""
+    memory_k: int = 4
+    """Remembered targets recalled per decision."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
 
 
@@ -88,26 +95,41 @@ class Agent:
         self.world_model = WorldModel(encoder.pooled_dim, self.action_dim)
         # Adam moves each weight by about lr per step, so a unit-scale gain (how much to trust the word
         # match) would need thousands of updates at the shared lr: the reading scalars get their own.
-        gains = [p for n, p in self.policy.named_parameters() if n in ("match_gain", "learned_gain", "density_gain")]
+        gains = [p for n, p in self.policy.named_parameters()
+                 if n in ("match_gain", "learned_gain", "density_gain", "recall_gain")]
         rest = [p for p in list(self.policy.parameters()) + list(self.world_model.parameters())
                 if p.requires_grad and all(p is not g for g in gains)]
         groups = [{"params": rest}] + ([{"params": gains, "lr": cfg.gain_lr}] if gains else [])
         self.optimizer = torch.optim.Adam(groups, lr=cfg.ppo.lr, eps=1e-5)
         self.instructions = InstructionCache(text_encoder)
+        self.recall = None  # an agent.recall.Recall when cfg.memory (set by whoever owns the database)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"policy": self.policy, "world_model": self.world_model}
 
     def _forward(self, obs: ObsBatch):
         instr = self.instructions.batch(obs.instructions)
-        if obs.match is not None and self.cfg.reading:  # maps computed while acting: pad to the batch's K
-            K = instr["word_mask"].shape[1]
-            m = torch.full((len(obs.match), K, *obs.match[0].shape[1:]), -1.0)
-            for i, mi in enumerate(obs.match):
-                m[i, : mi.shape[0]] = mi.float()
-            instr = dict(instr, match=m)
+        B = len(obs.instructions)
+        nw = instr["word_mask"].sum(1) if self.cfg.reading else torch.zeros(B, dtype=torch.long)  # word maps per row
+        recall = None
+        if obs.match is not None:  # maps computed while acting: words (padded to the batch's K), then recalled targets
+            if self.cfg.reading:
+                K = instr["word_mask"].shape[1]
+                m = torch.full((B, K, *obs.match[0].shape[1:]), -1.0)
+                for i, mi in enumerate(obs.match):
+                    m[i, : int(nw[i])] = mi[: int(nw[i])].float()
+                instr = dict(instr, match=m)
+            recall = [mi[int(nw[i]):] for i, mi in enumerate(obs.match)]
+        elif self.recall is not None:
+            recall = self.recall.maps(obs.frames, obs.instructions, instr["sentence"].numpy())
+        if recall is not None and self.cfg.memory:
+            M = max(r.shape[0] for r in recall)
+            rm = torch.zeros(B, M, *MAP_SHAPE)
+            for i, r in enumerate(recall):
+                rm[i, : r.shape[0]] = r.float()
+            instr = dict(instr, recall=rm, recall_n=torch.tensor([r.shape[0] for r in recall]))
         x, instr = self.policy.prepare(obs.frames, instr)
-        return self.policy(x, instr), instr
+        return self.policy(x, instr), dict(instr, n_words=nw)
 
     def action_features(self, o, a: ActionBatch) -> torch.Tensor:
         """(B, 9 + D + 20): the action type, the fused token of the patch it points at, the key."""
@@ -124,9 +146,13 @@ class Agent:
         a = self.policy.sample(o, greedy)
         logp, _ = self.policy.log_prob_entropy(o, a)
         match = None
-        if "match" in instr:
-            k = instr["word_mask"].sum(1)
-            match = [instr["match"][i, : int(k[i])].half() for i in range(len(k))]
+        if "match" in instr or "recall" in instr:  # kept with the step, so updates need not match again
+            B, nw = o.value.shape[0], instr["n_words"]
+            words = [instr["match"][i, : int(nw[i])].half() if "match" in instr else torch.zeros(0, *MAP_SHAPE).half()
+                     for i in range(B)]
+            rec = [instr["recall"][i, : int(instr["recall_n"][i])].half() if "recall" in instr else words[i][:0]
+                   for i in range(B)]
+            match = [torch.cat([w, r]) for w, r in zip(words, rec)]
         return a, logp, o.value, o.state, self.action_features(o, a), o, match
 
     def evaluate(self, obs: ObsBatch, actions: ActionBatch) -> Evaluation:

@@ -130,6 +130,7 @@ class Policy(nn.Module):
         self.len_head = nn.Linear(D, SPAN_LENS)
         self.start_head = nn.Linear(D, 1)
         self.point_head, self.point2_head = nn.Linear(D, 1 + SUB * SUB), nn.Linear(D, 1 + SUB * SUB)
+        self.recall_gain = nn.Parameter(torch.tensor(0.0))  # how much to trust remembered targets (agent/recall.py)
         if reading:
             self.word_select = nn.Linear(D, 1)
             self.match_gain = nn.Parameter(torch.tensor(4.0))
@@ -174,6 +175,13 @@ class Policy(nn.Module):
             dens = dens[:, : gh * SUB, : gw * SUB].reshape(B, gh, SUB, gw, SUB).permute(0, 1, 3, 2, 4).reshape(B, N, SUB * SUB)
             sub_logits = sub_logits + self.match_gain * match + self.density_gain * dens
             patch_logits = patch_logits + (self.match_gain * match + self.density_gain * dens).amax(-1)
+        if instr.get("recall") is not None and instr["recall"].shape[1]:
+            # (B,M,h,w) remembered successful targets matched on this screen, weighted by goal similarity
+            prior = instr["recall"].amax(1).clamp(min=0)  # (B,h,w): 0 where nothing remembered matches
+            gh, gw = self.grid
+            prior = prior[:, : gh * SUB, : gw * SUB].reshape(B, gh, SUB, gw, SUB).permute(0, 1, 3, 2, 4).reshape(B, N, SUB * SUB)
+            sub_logits = sub_logits + self.recall_gain * prior
+            patch_logits = patch_logits + (self.recall_gain * prior).amax(-1)
         return PolicyOutput(self.type_head(h), self.key_head(h), start_logits, self.len_head(h), patch_logits, sub_logits,
                             pl2[..., 0], pl2[..., 1:], self.value_head(h)[..., 0], pooled, p_out, match)
 

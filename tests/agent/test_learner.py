@@ -167,3 +167,19 @@ def test_greedy_evaluations_are_on_the_curve_but_not_learned_from(tmp_path):
     assert [v for _, v in r["eval_curve"]] == [rate for rate, _ in seen]
     assert res["env_steps"] == run.learner.env_steps <= 300 + 20  # evaluation steps are not training steps
     assert res["eval_env_steps"] >= 4 * len(seen)
+
+
+def test_with_memory_successes_are_recalled_and_the_policy_learns_to_trust_them(tmp_path):
+    cfg = LearnConfig(tasks="fake-click", steps=640, home=str(tmp_path), tensorboard=False, progress=False,
+                      agent=AgentConfig(encoder=TINY, threads=1, rollout=64, memory=True))
+    run = LearnRun(cfg, ["fake-click"])
+    run.start()
+    recalled = []
+    run.learner.episode_callbacks.append(
+        lambda r: recalled.append(max(s.match.shape[0] - len(r.instruction.split()) for s in r.transitions)))
+    run.loop()
+    n_memory = len(run.agent.recall.memory)
+    gain = float(run.agent.policy.recall_gain)
+    run.close()
+    assert n_memory > 20 and max(recalled[-50:]) >= 1  # successes were written, and later decisions recalled them
+    assert gain > 0.05, gain  # recalled targets were where success was: the policy came to trust them

@@ -1,0 +1,105 @@
+"""Recall: episodic memory in the policy, as a content-addressed click prior.
+
+When an episode succeeds, the appearance of every place it pointed at (a 16x48 colour crop around the
+point) is written to episodic memory (memory/episodic.py) under the key of its goal (the instruction's
+MiniLM embedding). When acting, the nearest remembered goals are looked up and their crops are compared
+with every place on the screen, giving one map per remembered target over the policy's 4-pixel cells.
+The policy adds a learned multiple of the best (goal-similarity-weighted) map to its point logits, so it
+learns how much to trust memory, and one success helps at once, before any gradient step. The crops are
+pixels, not learned features, so what is remembered never goes stale while the encoder keeps training.
+
+The comparison is colour squared difference (structure and colour both count: a red box is not a blue
+one, which normalised correlation could not tell), at half resolution, through FFTs:
+    ssd(y, x) = sum window^2 - 2 sum window*crop + sum crop^2,   similarity = exp(-mean ssd / SIGMA^2)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from agent.reading import CELL
+
+CROP_H, CROP_W = 16, 48  # the remembered appearance around a point
+MAP_SHAPE = (208 // CELL, 160 // CELL)  # the policy's point cells over the 208x160 task area
+SIGMA = 0.12  # colour difference (in [0,1] units, RMS over the crop) at which similarity falls to 1/e
+
+
+def crop(frame: np.ndarray, x: int, y: int) -> np.ndarray:
+    """(CROP_H, CROP_W, 3) uint8 appearance centred on (x, y); outside the frame is white."""
+    out = np.full((CROP_H, CROP_W, 3), 255, np.uint8)
+    y0, x0 = y - CROP_H // 2, x - CROP_W // 2
+    ys, xs = slice(max(y0, 0), min(y0 + CROP_H, frame.shape[0])), slice(max(x0, 0), min(x0 + CROP_W, frame.shape[1]))
+    if ys.start < ys.stop and xs.start < xs.stop:
+        out[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0] = frame[ys, xs, :3]
+    return out
+
+
+@torch.no_grad()
+def appearance_maps(frame: np.ndarray, crops: np.ndarray, height: int = 208, width: int = 160) -> torch.Tensor:
+    """frame (H,W,3) uint8, crops (M,CROP_H,CROP_W,3) uint8 -> (M, height/4, width/4) similarity in [0,1] of
+    each crop centred in each 4x4 cell."""
+    s = F.avg_pool2d(torch.from_numpy(np.ascontiguousarray(frame[:height, :width, :3])).permute(2, 0, 1).float()[None]
+                     / 255.0, 2)[0]  # (3,h,w) at half resolution
+    t = F.avg_pool2d(torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0, 2)  # (M,3,th,tw)
+    M, _, th, tw = t.shape
+    _, h, w = s.shape
+    Hp, Wp = h + th, w + tw
+    cross = torch.fft.irfft2((torch.fft.rfft2(s, s=(Hp, Wp))[None] * torch.fft.rfft2(t, s=(Hp, Wp)).conj()).sum(1),
+                             s=(Hp, Wp))[:, :h, :w]  # (M,h,w): sum window*crop, crop's top-left at (y, x)
+    ii = F.pad(F.pad((s * s).sum(0), (1, 0, 1, 0)).cumsum(0).cumsum(1)[None], (0, tw, 0, th), mode="replicate")[0]
+    energy = ii[th:th + h, tw:tw + w] - ii[:h, tw:tw + w] - ii[th:th + h, :w] + ii[:h, :w]  # (h,w) sum window^2
+    ssd = (energy[None] - 2 * cross + (t * t).sum((1, 2, 3))[:, None, None]).clamp(min=0) / (3 * th * tw)
+    sim = torch.exp(-ssd / SIGMA ** 2)
+    sim = F.pad(sim, (tw // 2, 0, th // 2, 0))[..., :h, :w]  # at the crop's centre, not its top-left
+    return F.max_pool2d(sim[:, None], CELL // 2)[:, 0]  # half-resolution pixels -> the policy's 4-px cells
+
+
+class Recall:
+    """Writes successful episodes' targets to episodic memory and turns lookups into click-prior maps."""
+
+    def __init__(self, memory, k: int = 4, min_similarity: float = 0.5, temperature: float = 0.05):
+        self.memory, self.k, self.min_similarity, self.temperature = memory, k, min_similarity, temperature
+        self._hits: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # instruction -> (crops, weights) until a write
+
+    def remember(self, task: str, key: np.ndarray, points: list[tuple[np.ndarray, int, int, dict]], ret: float,
+                 episode_id: int | None = None) -> None:
+        """An episode that succeeded: (frame, x, y, action) of each step that pointed somewhere."""
+        if not points:
+            return
+        crops = [crop(f, x, y) for f, x, y, _ in points]
+        self.memory.add_many(task, np.repeat(np.asarray(key, np.float32)[None], len(points), 0),
+                             [a for *_, a in points], [c.astype(np.float32).ravel() for c in crops],
+                             [ret] * len(points), [True] * len(points), episode_id=episode_id,
+                             steps=[a.get("step") for *_, a in points])
+        self._hits.clear()
+
+    def lookup(self, instruction: str, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(M, CROP_H, CROP_W, 3) uint8 crops and (M,) weights of the nearest remembered successful targets; M may
+        be 0. Sentence embeddings of instructions that differ in one word are still close (cosine ~0.8), so the
+        weight is sharp: exp((cosine - 1) / temperature), 1 for the same goal, ~0.02 for cosine 0.8. Cached per
+        instruction until memory changes."""
+        hit = self._hits.get(instruction)
+        if hit is None:
+            n = CROP_H * CROP_W * 3
+            found = [h for h in self.memory.query(np.asarray(key, np.float32)[None], self.k)
+                     if h.success and h.similarity >= self.min_similarity and h.target_embedding is not None
+                     and h.target_embedding.size == n]
+            crops = np.stack([h.target_embedding.reshape(CROP_H, CROP_W, 3).astype(np.uint8) for h in found]) \
+                if found else np.zeros((0, CROP_H, CROP_W, 3), np.uint8)
+            w = np.exp((np.array([h.similarity for h in found], np.float32) - 1.0) / self.temperature)
+            hit = self._hits[instruction] = (crops, w.astype(np.float32))
+            if len(self._hits) > 1024:
+                self._hits.clear()
+        return hit
+
+    def maps(self, frames: np.ndarray, instructions: list[str], keys: np.ndarray) -> list[torch.Tensor]:
+        """Per row: (M_i, h, w) float16 click-prior maps, goal-similarity-weighted (M_i = 0: nothing recalled)."""
+        out = []
+        for frame, instruction, key in zip(frames, instructions, keys):
+            crops, w = self.lookup(instruction, key)
+            m = appearance_maps(frame, crops) * torch.from_numpy(w)[:, None, None] if len(crops) else \
+                torch.zeros(0, *MAP_SHAPE)
+            out.append(m.half())
+        return out

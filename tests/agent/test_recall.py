@@ -1,0 +1,54 @@
+"""Recall: a remembered target's appearance is found again on a new screen, for the same goal only."""
+
+import numpy as np
+import torch
+
+from agent.recall import MAP_SHAPE, Recall, appearance_maps, crop
+from agent.reading import CELL
+
+
+def boxes(places: dict[tuple[int, int, int], tuple[int, int]]) -> np.ndarray:
+    frame = np.full((210, 160, 3), 255, np.uint8)
+    for colour, (y, x) in places.items():
+        frame[y:y + 24, x:x + 24] = colour
+    return frame
+
+
+RED, BLUE = (220, 30, 30), (30, 30, 220)
+
+
+def peak(m: torch.Tensor) -> tuple[int, int]:
+    return divmod(int(m.argmax()), m.shape[-1])
+
+
+def test_a_crop_is_found_where_its_colour_and_shape_are():
+    first = boxes({RED: (20, 20), BLUE: (120, 100)})
+    c = crop(first, 32, 32)  # the red box's centre
+    later = boxes({RED: (150, 110), BLUE: (40, 30)})  # moved, and the blue one where the red was
+    m = appearance_maps(later, c[None])
+    assert m.shape == (1, *MAP_SHAPE) and float(m.max()) > 0.9
+    cy, cx = peak(m[0])
+    assert abs(cy - (150 + 12) // CELL) <= 1 and abs(cx - (110 + 12) // CELL) <= 1
+    assert float(m[0, (40 + 12) // CELL, (30 + 12) // CELL]) < 0.2  # same shape, other colour: not it
+
+
+def test_recall_remembers_successes_in_episodic_memory_by_goal(tmp_path):
+    from memory.db import AgentDB
+    from memory.episodic import EpisodicMemory
+
+    rng = np.random.default_rng(0)
+    red_goal, blue_goal = rng.normal(size=8).astype(np.float32), rng.normal(size=8).astype(np.float32)
+    with AgentDB.open(tmp_path) as db:
+        recall = Recall(EpisodicMemory(db, key_dim=8))
+        screen = boxes({RED: (20, 20), BLUE: (120, 100)})
+        assert recall.maps(screen[None], ["red"], red_goal[None])[0].shape[0] == 0  # nothing remembered yet
+        recall.remember("t", red_goal, [(screen, 32, 32, {"type": "click", "x": 32, "y": 32, "step": 0})], 0.99)
+        new = boxes({RED: (100, 40), BLUE: (20, 120)})
+        (m,) = recall.maps(new[None], ["red"], red_goal[None])
+        cy, cx = peak(m[0].float())  # (a box taller than the crop matches equally a few pixels up or down)
+        assert m.shape == (1, *MAP_SHAPE) and abs(cy - (100 + 12) // CELL) <= 1 and abs(cx - (40 + 12) // CELL) <= 1
+        (other,) = recall.maps(new[None], ["blue"], blue_goal[None])  # an unrelated goal recalls nothing
+        assert other.shape[0] == 0 or float(other.float().max()) < 0.05
+    with AgentDB.open(tmp_path) as db:  # it is in the database: a restarted agent remembers
+        (m,) = Recall(EpisodicMemory(db, key_dim=8)).maps(new[None], ["red"], red_goal[None])
+        assert float(m.float().max()) > 0.9
