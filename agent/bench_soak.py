@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -40,6 +41,8 @@ class BenchSoakConfig:
     """Tasks to learn (playground tasks run on the run's own Xvfb)."""
     encoder: str = ""
     """Screen encoder config for the learner. Empty: the agent's default."""
+    extra: str = ""
+    """More `squirrel learn` options, e.g. "--agent.sil-capacity 500" (a buffer that fills early)."""
     warmup: float = 0.5
     """Fraction of the run before the trend is fitted."""
     tolerance: float = 0.1
@@ -137,7 +140,8 @@ def main(argv: list[str], prog: str) -> int:
 
 def run(cfg: BenchSoakConfig, home: Path) -> dict:
     cmd = [sys.executable, "-m", "squirrel", "learn", "--tasks", cfg.tasks, "--home", str(home), "--steps", str(10**9),
-           "--no-progress", "--agent.threads", "1"] + (["--agent.encoder", cfg.encoder] if cfg.encoder else [])
+           "--no-progress", "--agent.threads", "1"] + (["--agent.encoder", cfg.encoder] if cfg.encoder else []) \
+        + shlex.split(cfg.extra)
     home.mkdir(parents=True, exist_ok=True)
     log = open(home.parent / f"{home.name}.log", "w+b") if cfg.home else tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
