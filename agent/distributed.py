@@ -1,0 +1,542 @@
+"""Scale out on Ray (DESIGN.md decision 11): many actors acting, one learner.
+
+Each actor is a Ray actor process that owns its own desktop (a private Xvfb with the playground app, or
+Chromium for MiniWoB++, built by `make_task_env`) and a CPU copy of the policy (one torch thread). It acts
+whole episodes and returns each finished one tagged with the policy version that acted. The learner is the
+driver process (inside `LearnRun`, so the home, database, checkpoints, curve and progress bar all work as
+in the single-process loop): it keeps `inflight` episode calls queued on every actor, turns the finished
+episodes into PPO batches (`ppo_batch`, the single loop's batch building) and updates every module,
+encoder included. After every `sync_every` updates it puts the policy's weights into Ray's object store
+once (`ray.put`); each call carries that reference, and an actor fetches and loads it only when the
+version changed. A version is the number of updates behind the weights.
+
+Off-policy correction: PPO's ratio clipping against the behaviour policy's log-probability, stored with
+every step by the actor that acted. An episode acted by version v and learned from at version u has lag
+u - v (recorded: `status()["policy_lag"]`). With one learner and a few desktops the lag is a version or
+two, the same order as the staleness PPO already handles within an update (its second epoch learns from
+steps the first epoch's weights did not act), so the ratio stays near 1 and the clip bounds the step just
+as it does there. V-trace also corrects the value targets, which matters when the lag reaches tens of
+versions (IMPALA's hundreds of actors per learner); this setup does not produce that, and `bench scale`
+measures it.
+
+An actor whose process dies (its display or app crashed, or it was killed) is restarted by Ray
+(`max_restarts`); its unfinished episode was never sent, so it is simply dropped and nothing else is lost.
+An error inside an episode ends the actor's process on purpose, so that Ray restarts it with a fresh
+desktop. A watchdog process per actor stops the actor's Xvfb and app when the actor dies without closing
+them (Ray kills a worker's process, not the session-leader children it started).
+
+Memory and tools stay in the learner's database (episodes are recorded there by `LearnRun`). The policy
+does not read episodic memory or the tool library yet, so the actors receive only weights and versions.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter, deque
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from agent.learner import Agent, AgentConfig, EpisodeResult, ObsBatch, SelfImitationBuffer, Step, ppo_batch
+from squirrel.errors import UserError
+from trainer.ppo import ppo_update
+
+
+@dataclass
+class ScaleConfig:
+    """How the actors run (`--actors N`)."""
+
+    inflight: int = 2
+    """Episode calls queued per actor (2: it starts the next while the learner takes the last; more: more lag)."""
+    sync_every: int = 1
+    """Updates between weight broadcasts."""
+    max_restarts: int = 20
+    """Times Ray restarts a dead actor before giving it up."""
+    actor_cpus: float = 1.0
+    """CPUs Ray reserves per actor (on a cluster, actors spread over the nodes' CPUs)."""
+    object_store_mb: int = 512
+    """Object store of a local Ray (weights and episodes in transit)."""
+
+
+class Episode(NamedTuple):
+    """One finished episode, as an actor sends it."""
+
+    actor: int
+    pid: int  # the actor process that acted (a new one after a restart)
+    node: str  # the IP address of its machine
+    version: int  # policy version that acted
+    task: str
+    seed: int
+    instruction: str
+    steps: list  # list[Step]
+    final: tuple  # (value, state) of the final observation
+    success: bool | None
+    ret: float
+    seconds: float  # reset to last step
+    ask_person: bool = False  # the outcome is a person's: not learned from here
+
+
+# -- the actor's watchdog ---------------------------------------------------------------------------------
+
+_WATCHDOG = r"""
+import os, signal, sys, time
+parent, pidfile = int(sys.argv[1]), sys.argv[2]
+while os.getppid() == parent and os.path.exists(pidfile):
+    time.sleep(0.5)
+if os.path.exists(pidfile):  # the actor died without closing its desktop
+    def start(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[19]
+        except OSError:
+            return None
+    with open(pidfile) as f:
+        procs = [(int(p), s) for p, s in (line.split() for line in f if line.strip())]
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 0.0)):
+        live = [p for p, s in procs if start(p) == s]
+        for p in live:
+            try:
+                os.kill(p, sig)
+            except OSError:
+                pass
+        deadline = time.time() + wait
+        while time.time() < deadline and any(start(p) == s for p, s in procs):
+            time.sleep(0.05)
+    os.remove(pidfile)
+"""
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state, ppid, ...; starttime at index 19)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process below `pid`."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _proc_stat(int(name))
+            if st is not None:
+                children.setdefault(int(st[1]), []).append((int(name), st[19]))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child[0])
+    return out
+
+
+class _Watchdog:
+    """A small process that stops this process's children (Xvfb, app, browser) if this process dies."""
+
+    def __init__(self):
+        fd, self.pidfile = tempfile.mkstemp(prefix="squirrel-actor-", suffix=".pids")
+        os.close(fd)
+        self.proc = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), self.pidfile],
+                                     start_new_session=True, stdin=subprocess.DEVNULL)
+        self.refreshed = 0.0
+
+    def refresh(self, every_s: float = 5.0) -> None:
+        """Record the processes to stop (apps may restart their processes, so this runs now and then)."""
+        if time.monotonic() - self.refreshed < every_s:
+            return
+        procs = [p for p in descendants(os.getpid()) if p[0] != self.proc.pid]
+        tmp = self.pidfile + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(f"{p} {s}\n" for p, s in procs)
+        os.replace(tmp, self.pidfile)
+        self.refreshed = time.monotonic()
+
+    def close(self) -> None:
+        """The desktop was closed properly: nothing to stop."""
+        try:
+            os.remove(self.pidfile)
+        except OSError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# -- an actor ---------------------------------------------------------------------------------------------
+
+class EpisodeActor:
+    """Acts whole episodes on its own desktop with its own copy of the policy (a Ray actor)."""
+
+    def __init__(self, index: int, tasks: list[str], agent_cfg: AgentConfig, seed: int):
+        from agent.learn_cli import make_task_env
+
+        torch.set_num_threads(1)
+        torch.manual_seed(seed * 1000 + index * 7919 + os.getpid())  # a restarted actor samples afresh
+        import ray
+
+        self.index, self.version = index, -1
+        self.node = ray.util.get_node_ip_address()
+        self.watchdog = _Watchdog()
+        self.env = make_task_env(tasks, None)
+        self.watchdog.refresh(0)
+        self.agent = Agent(replace(agent_cfg, threads=1))
+
+    def episode(self, weights: list, version: int, task: str, seed: int) -> Episode:
+        """One whole episode with the policy of `version` (weights[0]: its ObjectRef, fetched only when new)."""
+        try:
+            return self._episode(weights, version, task, seed)
+        except Exception:  # the display or app is broken: die, and Ray restarts this actor with a fresh desktop
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+
+    def evaluate(self, weights: list, version: int, task: str, seeds: list[int]) -> tuple[int, int]:
+        """Greedy episodes on fixed seeds, not learned from: (successes, env steps)."""
+        try:
+            self._load(weights, version)
+            wins = steps = 0
+            for seed in seeds:
+                obs, _ = self.env.reset(seed=seed, options={"task": task})
+                while True:
+                    a = self.agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]), greedy=True)[0]
+                    obs, _, terminated, truncated, info = self.env.step(self.agent.policy.to_action(a))
+                    steps += 1
+                    if terminated or truncated:
+                        wins += bool(info.get("success"))
+                        break
+            return wins, steps
+        except Exception:
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+
+    def _load(self, weights: list, version: int) -> None:
+        import ray
+
+        if version != self.version:
+            state = ray.get(weights[0])
+            self.agent.policy.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
+            self.version = version
+
+    def _episode(self, weights: list, version: int, task: str, seed: int) -> Episode:
+        self._load(weights, version)
+        t0 = time.perf_counter()
+        obs, info = self.env.reset(seed=seed, options={"task": task})
+        ask = bool(info.get("ask_person"))
+        steps, ret, instruction = [], 0.0, obs["instruction"]
+        while True:
+            a, logp, value, state, af, _, match = self.agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]))
+            next_obs, reward, terminated, truncated, info = self.env.step(self.agent.policy.to_action(a))
+            changed = not np.array_equal(next_obs["screen"], obs["screen"])
+            steps.append(Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(reward),
+                              bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None))
+            ret += float(reward)
+            obs = next_obs
+            if terminated or truncated:
+                break
+        # the final observation: its value (bootstrap on truncation) and embedding (world-model target)
+        _, _, v_final, s_final, *_ = self.agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]))
+        self.watchdog.refresh()
+        return Episode(self.index, os.getpid(), self.node, version, task, seed, instruction, steps, (float(v_final[0]), s_final[0]),
+                       info.get("success"), ret, time.perf_counter() - t0, ask)
+
+    def close(self) -> None:
+        self.env.close()
+        self.watchdog.close()
+
+
+# -- Ray --------------------------------------------------------------------------------------------------
+
+def _check_reachable(address: str) -> None:
+    """A cluster address that nothing answers on makes ray.init wait for minutes: say so at once."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--ray-address {address!r}: expected HOST:PORT (as `ray start --head` prints), ray://HOST:PORT "
+                        "or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"no Ray cluster answers at {address} ({e.strerror or e}); start one with `ray start --head` "
+                        "or check the address") from None
+
+
+def connect(address: str, actors: int, cfg: ScaleConfig) -> bool:
+    """Join the cluster at `address`, or start a small local Ray. True when Ray was started here."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("ray is not installed; run scripts/setup (it installs the project's dependencies)") from None
+    import logging
+
+    if ray.is_initialized():
+        return False
+    if address:
+        _check_reachable(address)
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        else:  # a private instance on this machine, small: no dashboard, a modest object store
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(np.ceil(actors * cfg.actor_cpus))),
+                     object_store_memory=cfg.object_store_mb * 2**20, include_dashboard=False,
+                     logging_level=logging.WARNING, log_to_driver=True)
+    except Exception as e:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
+        raise UserError(f"could not {where}: {msg}") from None
+    return not address
+
+
+# -- the learner ------------------------------------------------------------------------------------------
+
+@dataclass
+class ActorStats:
+    episodes: int = 0
+    steps: int = 0
+    restarts: int = 0
+    dropped: int = 0  # episodes lost with the actor's process (the one it was acting)
+    pid: int = 0
+    node: str = ""
+    version: int = -1  # the last version it acted with
+    dead: str = ""  # why, once Ray gave it up
+    restarting: bool = False  # its process died; Ray is bringing it back
+    retry_at: float = 0.0  # when to send it a call again (monotonic)
+
+    def __post_init__(self):
+        self.recent: deque = deque(maxlen=50)  # (time received, steps)
+
+    def rate(self) -> float:
+        """Env steps per second over the recent episodes."""
+        if len(self.recent) < 2:
+            return 0.0
+        dt = self.recent[-1][0] - self.recent[0][0]
+        return sum(n for _, n in list(self.recent)[1:]) / dt if dt > 0 else 0.0
+
+
+class DistributedLearner:
+    """The learner end: the same interface `LearnRun` uses on `Learner` (counters, callbacks, run)."""
+
+    def __init__(self, agent: Agent, tasks: list[str], actors: int, address: str = "", scale: ScaleConfig | None = None,
+                 seed: int = 0):
+        import ray
+
+        if actors < 1:
+            raise UserError("--actors must be at least 1 to scale out (0 runs the single-process loop)")
+        self.agent, self.tasks, self.cfg = agent, list(tasks), agent.cfg
+        self.scale = scale or ScaleConfig()
+        self.rng = np.random.default_rng(seed)
+        self.sil = SelfImitationBuffer(self.cfg.sil_capacity, self.cfg.gamma)
+        self.env_steps = self.episodes = self.updates = 0
+        self.buffer: list[Step] = []
+        self._finals: dict[int, tuple[float, torch.Tensor]] = {}
+        self._versions: list[int] = []  # the version that acted each buffered step
+        self.err_mean = 1e-2
+        self.last_losses: dict[str, float] = {}
+        self.episode_callbacks: list = []
+        self.update_callbacks: list = []
+        self.pending: dict = {}  # (LearnRun reads it: no episode waits for a person's verdict here)
+        self.stop_requested = False
+        self._task_i = 0
+        self.lags: Counter = Counter()  # policy lag (versions) -> learned steps
+        self.version, self._weights = -1, None
+        self.broadcasts, self.broadcast_bytes, self.broadcast_s = 0, 0, 0.0
+        self.update_s: list[float] = []
+        self._calls: dict = {}  # ObjectRef -> actor index
+        self._own_ray = connect(address, actors, self.scale)
+        self.t0 = time.time()
+        cfg = replace(self.cfg, encoder=_abs_if_file(self.cfg.encoder), pretrained=_abs_if_file(self.cfg.pretrained))
+        remote = ray.remote(EpisodeActor).options(
+            num_cpus=self.scale.actor_cpus, max_restarts=self.scale.max_restarts, max_task_retries=0,
+            scheduling_strategy="SPREAD")
+        self.stats = [ActorStats() for _ in range(actors)]
+        self.handles = [remote.remote(i, self.tasks, cfg, seed) for i in range(actors)]
+
+    # -- LearnRun's interface ---------------------------------------------------------------------------
+    def counters(self) -> dict:
+        return {"env_steps": self.env_steps, "episodes": self.episodes, "updates": self.updates, "task_i": self._task_i}
+
+    def load_counters(self, c: dict) -> None:
+        self.env_steps, self.episodes, self.updates = c["env_steps"], c["episodes"], c["updates"]
+        self._task_i = c.get("task_i", 0)
+
+    def run(self, total_steps: int) -> None:
+        """Gather and learn until `total_steps` env steps in all (counting earlier runs when resumed)."""
+        import ray
+        from ray.exceptions import ActorDiedError, RayActorError
+
+        if self.version != self.updates:
+            self._broadcast()
+        for i, st in enumerate(self.stats):
+            if not (st.dead or st.restarting):
+                self._top_up(i)
+        while self.env_steps < total_steps and not self.stop_requested:
+            now = time.monotonic()
+            for i, st in enumerate(self.stats):
+                if st.restarting and now >= st.retry_at and i not in self._calls.values():
+                    self._top_up(i, 1)  # one call, which waits while Ray brings the actor back
+            if not self._calls:
+                if all(st.dead for st in self.stats):
+                    reasons = "; ".join(f"actor {i}: {st.dead}" for i, st in enumerate(self.stats))
+                    raise UserError(f"every actor died and Ray gave them up ({reasons[:400]})")
+                time.sleep(0.2)
+                continue
+            ready, _ = ray.wait(list(self._calls), num_returns=1, timeout=1.0)
+            for ref in ready:
+                i = self._calls.pop(ref, None)
+                if i is None:  # a call of an actor already known to have died
+                    continue
+                st = self.stats[i]
+                try:
+                    ep = ray.get(ref)
+                except ActorDiedError as e:  # restarts used up, or its constructor failed: give it up
+                    st.dead, st.restarting = _last_line(e), False
+                    self._forget_calls(i)
+                    continue
+                except RayActorError:  # its process died: Ray restarts it; the episode it was acting is dropped
+                    if not st.restarting:
+                        st.dropped += 1
+                    st.restarting, st.retry_at = True, time.monotonic() + 1.0
+                    self._forget_calls(i)
+                    continue
+                self._receive(ep)
+                self._top_up(i)
+                if len(self.buffer) >= self.cfg.rollout:
+                    self._update()
+
+    def evaluate(self, task: str, episodes: int, seed: int = 1_000_000) -> tuple[float, int]:
+        """Greedy episodes of `task` on fixed seeds, spread over the live actors with the current weights:
+        (success rate over the episodes that finished, env steps). Nothing is learned from them."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        if self.version != self.updates:
+            self._broadcast()
+        live = [i for i, st in enumerate(self.stats) if not (st.dead or st.restarting)]
+        if not live:
+            return 0.0, 0
+        seeds = [seed + k for k in range(episodes)]
+        calls = [self.handles[i].evaluate.remote(self._weights, self.version, task, seeds[j::len(live)])
+                 for j, i in enumerate(live)]
+        wins = steps = done = 0
+        for j, call in enumerate(calls):
+            try:
+                w, n = ray.get(call)
+            except RayActorError:  # that actor died meanwhile: its share is missing (the episode loop sees it)
+                continue
+            wins, steps, done = wins + w, steps + n, done + len(seeds[j::len(live)])
+        return wins / max(done, 1), steps
+
+    def status(self) -> dict:
+        """The actors and their rates, the learner's rate and the policy lag (the run's JSON curve shows it)."""
+        el = max(time.time() - self.t0, 1e-6)
+        lags = np.repeat(np.array(list(self.lags.keys()), dtype=float), list(self.lags.values())) if self.lags else None
+        return {
+            "actors": [{"actor": i, "pid": s.pid, "node": s.node, "episodes": s.episodes, "steps": s.steps,
+                        "steps_per_s": round(s.rate(), 2), "restarts": s.restarts, "dropped_episodes": s.dropped,
+                        "version": s.version, "alive": not s.dead, **({"dead": s.dead} if s.dead else {})}
+                       for i, s in enumerate(self.stats)],
+            "version": self.version, "updates_per_s": self.updates / el,
+            "update_s_mean": float(np.mean(self.update_s)) if self.update_s else None,
+            "policy_lag": None if lags is None else {"median": float(np.median(lags)), "mean": float(lags.mean()),
+                                                      "max": int(lags.max()), "steps": int(len(lags))},
+            "broadcasts": self.broadcasts, "broadcast_mb": self.broadcast_bytes / 2**20,
+            "broadcast_put_ms": 1e3 * self.broadcast_s / max(self.broadcasts, 1),
+        }
+
+    def close(self) -> None:
+        """Close every actor's desktop, then leave Ray (and stop it when it was started here)."""
+        import ray
+
+        if not ray.is_initialized():
+            return
+        closing = [h.close.remote() for h, s in zip(self.handles, self.stats) if not s.dead]
+        try:
+            ray.wait(closing, num_returns=len(closing), timeout=30)
+        finally:
+            for h in self.handles:
+                ray.kill(h, no_restart=True)
+            self._calls.clear()
+            ray.shutdown()
+
+    # -- parts ------------------------------------------------------------------------------------------
+    def _top_up(self, i: int, n: int | None = None) -> None:
+        while sum(1 for j in self._calls.values() if j == i) < (n or self.scale.inflight):
+            task = self.tasks[self._task_i % len(self.tasks)]
+            self._task_i += 1
+            seed = int(self.rng.integers(0, 2**31 - 1))
+            self._calls[self.handles[i].episode.remote(self._weights, self.version, task, seed)] = i
+
+    def _forget_calls(self, i: int) -> None:
+        """Stop waiting for an actor's queued calls (they fail with it; none of them had started)."""
+        self._calls = {r: j for r, j in self._calls.items() if j != i}
+
+    def _broadcast(self) -> None:
+        import ray
+
+        t = time.perf_counter()
+        state = {k: v.detach().cpu().numpy() for k, v in self.agent.policy.state_dict().items()}
+        self._weights = [ray.put(state)]  # in a list, so a call carries the reference unfetched
+        self.broadcast_s += time.perf_counter() - t
+        self.broadcast_bytes = sum(v.nbytes for v in state.values())
+        self.version = self.updates
+        self.broadcasts += 1
+
+    def _receive(self, ep: Episode) -> None:
+        s = self.stats[ep.actor]
+        if s.restarting or (s.pid and ep.pid != s.pid):
+            s.restarts += 1
+        s.restarting = False
+        s.pid, s.node, s.version = ep.pid, ep.node, ep.version
+        s.episodes, s.steps = s.episodes + 1, s.steps + len(ep.steps)
+        s.recent.append((time.time(), len(ep.steps)))
+        self.env_steps += len(ep.steps)
+        self.episodes += 1
+        if not ep.ask_person:
+            self.buffer.extend(ep.steps)
+            self._finals[len(self.buffer) - 1] = ep.final
+            self._versions.extend([ep.version] * len(ep.steps))
+            if ep.success:
+                self.sil.add_episode(ep.steps)
+        res = EpisodeResult(task=ep.task, success=ep.success, ret=ep.ret, steps=len(ep.steps), env_steps=self.env_steps,
+                            episode=self.episodes, seed=ep.seed, instruction=ep.instruction, transitions=ep.steps)
+        if any(cb(res) is False for cb in self.episode_callbacks):
+            self.stop_requested = True
+
+    def _update(self) -> None:
+        batch, self.err_mean = ppo_batch(self.agent, self.buffer, self._finals, None, self.err_mean)
+        self.lags.update(self.updates - v for v in self._versions)
+        t0 = time.perf_counter()
+        self.last_losses = ppo_update(self.agent, self.agent.world_model, self.agent.optimizer, batch, self.cfg.ppo,
+                                      self.sil.sample if len(self.sil) >= self.cfg.ppo.sil_batch else None)
+        self.last_losses["update_s"] = time.perf_counter() - t0
+        self.update_s.append(self.last_losses["update_s"])
+        self.updates += 1
+        self.buffer, self._finals, self._versions = [], {}, []
+        if self.updates % self.scale.sync_every == 0:
+            self._broadcast()
+        info = dict(self.last_losses, updates=self.updates, env_steps=self.env_steps)
+        if any(cb(info) is False for cb in self.update_callbacks):
+            self.stop_requested = True
+
+
+def _abs_if_file(path: str) -> str:
+    """Actors may run in another directory: a local file the config names is passed by absolute path."""
+    return os.path.abspath(path) if path and os.path.exists(path) else path
+
+
+def _last_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else type(e).__name__
