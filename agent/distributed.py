@@ -25,8 +25,11 @@ An error inside an episode ends the actor's process on purpose, so that Ray rest
 desktop. A watchdog process per actor stops the actor's Xvfb and app when the actor dies without closing
 them (Ray kills a worker's process, not the session-leader children it started).
 
-Memory and tools stay in the learner's database (episodes are recorded there by `LearnRun`). The policy
-does not read episodic memory or the tool library yet, so the actors receive only weights and versions.
+Memory and tools stay in the learner's database: `LearnRun` records every episode and writes successes to
+episodic memory there. With `--agent.memory` (recall), the actors get their memory lookups from the
+learner's database through a `MemoryService` on the learner's machine (read-only): one lookup per
+instruction per episode, not per step; the actor matches the recalled targets on its own screen. The policy
+does not use the tool library yet, so the actors receive no tools.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import numpy as np
 import torch
 
 from agent.learner import Agent, AgentConfig, EpisodeResult, ObsBatch, SelfImitationBuffer, Step, ppo_batch
+from agent.recall import Recall
 from squirrel.errors import UserError
 from trainer.ppo import ppo_update
 
@@ -82,6 +86,7 @@ class Episode(NamedTuple):
     ret: float
     seconds: float  # reset to last step
     ask_person: bool = False  # the outcome is a person's: not learned from here
+    recalled: int = 0  # targets recalled from the learner's memory for the episode
 
 
 # -- the actor's watchdog ---------------------------------------------------------------------------------
@@ -178,7 +183,7 @@ class _Watchdog:
 class EpisodeActor:
     """Acts whole episodes on its own desktop with its own copy of the policy (a Ray actor)."""
 
-    def __init__(self, index: int, tasks: list[str], agent_cfg: AgentConfig, seed: int):
+    def __init__(self, index: int, tasks: list[str], agent_cfg: AgentConfig, seed: int, memory=None):
         from agent.learn_cli import make_task_env
 
         torch.set_num_threads(1)
@@ -191,6 +196,8 @@ class EpisodeActor:
         self.env = make_task_env(tasks, None)
         self.watchdog.refresh(0)
         self.agent = Agent(replace(agent_cfg, threads=1))
+        if memory is not None:  # recall, with lookups in the learner's memory
+            self.agent.recall = RemoteRecall(memory, agent_cfg.memory_k)
 
     def episode(self, weights: list, version: int, task: str, seed: int) -> Episode:
         """One whole episode with the policy of `version` (weights[0]: its ObjectRef, fetched only when new)."""
@@ -232,6 +239,8 @@ class EpisodeActor:
     def _episode(self, weights: list, version: int, task: str, seed: int) -> Episode:
         self._load(weights, version)
         t0 = time.perf_counter()
+        if isinstance(self.agent.recall, RemoteRecall):
+            self.agent.recall.cache.clear()  # look up afresh each episode: the memory may have grown
         obs, info = self.env.reset(seed=seed, options={"task": task})
         ask = bool(info.get("ask_person"))
         steps, ret, instruction = [], 0.0, obs["instruction"]
@@ -248,12 +257,57 @@ class EpisodeActor:
         # the final observation: its value (bootstrap on truncation) and embedding (world-model target)
         _, _, v_final, s_final, *_ = self.agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]))
         self.watchdog.refresh()
-        return Episode(self.index, os.getpid(), self.node, version, task, seed, instruction, steps, (float(v_final[0]), s_final[0]),
-                       info.get("success"), ret, time.perf_counter() - t0, ask)
+        rec = self.agent.recall
+        recalled = sum(len(c) for c, _ in rec.cache.values()) if isinstance(rec, RemoteRecall) else 0
+        final = (float(v_final[0]), s_final[0])
+        return Episode(self.index, os.getpid(), self.node, version, task, seed, instruction, steps, final,
+                       info.get("success"), ret, time.perf_counter() - t0, ask, recalled)
 
     def close(self) -> None:
         self.env.close()
         self.watchdog.close()
+
+
+# -- memory lookups from the learner -------------------------------------------------------------------------
+
+class MemoryService:
+    """The learner's episodic memory, read-only, answering the actors' recall lookups (a Ray actor placed on
+    the learner's machine, beside its database; SQLite's WAL lets it read while the learner writes)."""
+
+    def __init__(self, home: str, k: int):
+        from memory.db import AgentDB
+        from memory.episodic import EpisodicMemory
+
+        self.db = AgentDB.open(home, readonly=True)
+        self.memory, self.k, self.lookups = EpisodicMemory(self.db, key_dim=384), k, 0
+
+    def lookup(self, instruction: str, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(M,16,48,3) uint8 crops and (M,) weights of the nearest remembered successful targets."""
+        from agent.recall import Recall
+
+        self.lookups += 1
+        return Recall(self.memory, self.k).lookup(instruction, key)  # a fresh Recall: no cache across writes
+
+    def count(self) -> int:
+        return self.lookups
+
+
+class RemoteRecall(Recall):
+    """Recall in an actor: the lookup goes to the learner's `MemoryService`, the matching on screen stays here."""
+
+    def __init__(self, service, k: int):
+        super().__init__(None, k)
+        self.service, self.cache = service, {}
+
+    def lookup(self, instruction: str, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import ray
+
+        if instruction not in self.cache:  # one lookup per instruction per episode (the actor clears it)
+            self.cache[instruction] = ray.get(self.service.lookup.remote(instruction, np.asarray(key, np.float32)))
+        return self.cache[instruction]
+
+    def remember(self, *args, **kwargs) -> None:
+        raise RuntimeError("actors do not write memory: the learner does")
 
 
 # -- Ray --------------------------------------------------------------------------------------------------
@@ -265,8 +319,8 @@ def _check_reachable(address: str) -> None:
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise UserError(f"--ray-address {address!r}: expected HOST:PORT (as `ray start --head` prints), ray://HOST:PORT "
-                        "or auto")
+        raise UserError(f"--ray-address {address!r}: expected HOST:PORT (as `ray start --head` prints), "
+                        "ray://HOST:PORT or auto")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as e:
@@ -308,6 +362,7 @@ class ActorStats:
     steps: int = 0
     restarts: int = 0
     dropped: int = 0  # episodes lost with the actor's process (the one it was acting)
+    recalled: int = 0  # episodes that recalled targets from the learner's memory
     pid: int = 0
     node: str = ""
     version: int = -1  # the last version it acted with
@@ -361,8 +416,15 @@ class DistributedLearner:
         remote = ray.remote(EpisodeActor).options(
             num_cpus=self.scale.actor_cpus, max_restarts=self.scale.max_restarts, max_task_retries=0,
             scheduling_strategy="SPREAD")
+        self.memory = None
+        if self.cfg.memory and agent.recall is not None:  # the actors' recall looks up the memory here
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+            service = ray.remote(MemoryService).options(num_cpus=0, scheduling_strategy=here, max_restarts=-1)
+            self.memory = service.remote(str(agent.recall.memory.db.home), self.cfg.memory_k)
         self.stats = [ActorStats() for _ in range(actors)]
-        self.handles = [remote.remote(i, self.tasks, cfg, seed) for i in range(actors)]
+        self.handles = [remote.remote(i, self.tasks, cfg, seed, self.memory) for i in range(actors)]
 
     # -- LearnRun's interface ---------------------------------------------------------------------------
     def counters(self) -> dict:
@@ -446,6 +508,7 @@ class DistributedLearner:
         return {
             "actors": [{"actor": i, "pid": s.pid, "node": s.node, "episodes": s.episodes, "steps": s.steps,
                         "steps_per_s": round(s.rate(), 2), "restarts": s.restarts, "dropped_episodes": s.dropped,
+                        "recalled_episodes": s.recalled,
                         "version": s.version, "alive": not s.dead, **({"dead": s.dead} if s.dead else {})}
                        for i, s in enumerate(self.stats)],
             "version": self.version, "updates_per_s": self.updates / el,
@@ -454,7 +517,18 @@ class DistributedLearner:
                                                       "max": int(lags.max()), "steps": int(len(lags))},
             "broadcasts": self.broadcasts, "broadcast_mb": self.broadcast_bytes / 2**20,
             "broadcast_put_ms": 1e3 * self.broadcast_s / max(self.broadcasts, 1),
+            "memory_lookups": self._memory_lookups(),
         }
+
+    def _memory_lookups(self) -> int | None:
+        import ray
+
+        if self.memory is None:
+            return None
+        try:
+            return ray.get(self.memory.count.remote(), timeout=5)
+        except Exception:  # noqa: BLE001 - a figure for the status only
+            return None
 
     def close(self) -> None:
         """Close every actor's desktop, then leave Ray (and stop it when it was started here)."""
@@ -466,7 +540,7 @@ class DistributedLearner:
         try:
             ray.wait(closing, num_returns=len(closing), timeout=30)
         finally:
-            for h in self.handles:
+            for h in self.handles + ([self.memory] if self.memory is not None else []):
                 ray.kill(h, no_restart=True)
             self._calls.clear()
             ray.shutdown()
@@ -500,7 +574,7 @@ class DistributedLearner:
             s.restarts += 1
         s.restarting = False
         s.pid, s.node, s.version = ep.pid, ep.node, ep.version
-        s.episodes, s.steps = s.episodes + 1, s.steps + len(ep.steps)
+        s.episodes, s.steps, s.recalled = s.episodes + 1, s.steps + len(ep.steps), s.recalled + (ep.recalled > 0)
         s.recent.append((time.time(), len(ep.steps)))
         self.env_steps += len(ep.steps)
         self.episodes += 1

@@ -143,3 +143,27 @@ def test_cli_learns_with_one_actor_and_refuses_a_bad_address(tmp_path):
                          timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("squirrel: no Ray cluster answers at 127.0.0.1:1")
+
+
+def test_actors_recall_from_the_learners_memory(tmp_path):
+    """With recall on, successes the actors send are written to the learner's episodic memory, and the actors'
+    lookups (one per episode, through the learner's MemoryService) bring those targets back to them."""
+    cfg = learn_config(tmp_path, "fake-click")
+    cfg.agent.memory = True
+    run = LearnRun(cfg, ["fake-click"])
+    t0 = time.time()
+    run.start()
+    run.learner.episode_callbacks.append(
+        lambda _r: False if all(s.recalled >= 3 for s in run.learner.stats) or time.time() - t0 > 150 else None)
+    try:
+        run.loop()
+        scale = run.result()["scale"]
+    finally:
+        run.close()
+    assert all(a["recalled_episodes"] >= 3 for a in scale["actors"]), scale["actors"]
+    assert scale["memory_lookups"] >= sum(a["episodes"] for a in scale["actors"]) // 2
+    from memory.db import AgentDB
+    from memory.episodic import EpisodicMemory
+
+    with AgentDB.open(tmp_path) as db:
+        assert len(EpisodicMemory(db, key_dim=384)) > 0
