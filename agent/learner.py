@@ -89,7 +89,8 @@ class Agent:
         torch.set_num_threads(cfg.threads)
         self.cfg = cfg
         encoder = create_encoder(cfg.encoder, cfg.pretrained or None, freeze=cfg.freeze_encoder)
-        self.policy = Policy(encoder, reading=cfg.reading, layers=cfg.fusion_layers, learned_matcher=cfg.learned_matcher)
+        self.policy = Policy(encoder, reading=cfg.reading, layers=cfg.fusion_layers, learned_matcher=cfg.learned_matcher,
+                             recall=cfg.memory)
         D = encoder.dim
         self.action_dim = N_TYPES + D + len(KEYS)
         self.world_model = WorldModel(encoder.pooled_dim, self.action_dim)

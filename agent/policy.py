@@ -108,7 +108,7 @@ def _small_stem(channels: int = 32) -> nn.Sequential:
 
 class Policy(nn.Module):
     def __init__(self, encoder: nn.Module, text_dim: int = 384, layers: int = 2, heads: int = 4, reading: bool = True,
-                 learned_matcher: bool = False):
+                 learned_matcher: bool = False, recall: bool = False):
         super().__init__()
         self.encoder, self.reading, self.learned_matcher = encoder, reading, reading and learned_matcher
         self.concurrent_matching = True  # acting: match the words on a second thread (see _MATCHER)
@@ -130,7 +130,8 @@ class Policy(nn.Module):
         self.len_head = nn.Linear(D, SPAN_LENS)
         self.start_head = nn.Linear(D, 1)
         self.point_head, self.point2_head = nn.Linear(D, 1 + SUB * SUB), nn.Linear(D, 1 + SUB * SUB)
-        self.recall_gain = nn.Parameter(torch.tensor(0.0))  # how much to trust remembered targets (agent/recall.py)
+        if recall:
+            self.recall_gain = nn.Parameter(torch.tensor(0.0))  # how much to trust remembered targets (agent/recall.py)
         if reading:
             self.word_select = nn.Linear(D, 1)
             self.match_gain = nn.Parameter(torch.tensor(4.0))
@@ -175,7 +176,7 @@ class Policy(nn.Module):
             dens = dens[:, : gh * SUB, : gw * SUB].reshape(B, gh, SUB, gw, SUB).permute(0, 1, 3, 2, 4).reshape(B, N, SUB * SUB)
             sub_logits = sub_logits + self.match_gain * match + self.density_gain * dens
             patch_logits = patch_logits + (self.match_gain * match + self.density_gain * dens).amax(-1)
-        if instr.get("recall") is not None and instr["recall"].shape[1]:
+        if hasattr(self, "recall_gain") and instr.get("recall") is not None and instr["recall"].shape[1]:
             # (B,M,h,w) remembered successful targets matched on this screen, weighted by goal similarity
             prior = instr["recall"].amax(1).clamp(min=0)  # (B,h,w): 0 where nothing remembered matches
             gh, gw = self.grid
