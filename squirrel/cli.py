@@ -31,6 +31,7 @@ BENCH: dict[str, tuple[str, str]] = {
     "miniwob": ("agent.tasks.bench_miniwob:main", "MiniWoB++ in Chromium: learning curves from scratch, steps/s, reset ms"),
     "crash": ("agent.bench_crash:main", "kill -9 `squirrel learn` in every phase, resume: integrity, nothing lost"),
     "soak": ("agent.bench_soak:main", "a long learning run: RSS, database size and open files sampled, trend after warm-up"),
+    "scale": ("agent.bench_scale:main", "learning on Ray: env steps/s and updates/s with 1 and 2 actors, policy lag"),
 }
 
 
