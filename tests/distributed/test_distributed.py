@@ -167,3 +167,16 @@ def test_actors_recall_from_the_learners_memory(tmp_path):
 
     with AgentDB.open(tmp_path) as db:
         assert len(EpisodicMemory(db, key_dim=384)) > 0
+
+
+def test_bench_scale_smoke(tmp_path):
+    out = tmp_path / "scale.json"
+    cmd = [sys.executable, "-m", "squirrel", "bench", "scale", "--tasks", "fake-click", "--actors", "0,1", "--seconds", "3",
+           "--agent.encoder", TINY, "--agent.rollout", "16", "--scale.object-store-mb", "128", "--json", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(out.read_text())
+    single, one = res["settings"]
+    assert single["actors"] == 0 and one["actors"] == 1 and one["env_steps_per_s"] > 0 and one["updates_per_s"] > 0
+    assert one["policy_lag"]["max"] >= 0 and one["broadcast_mb"] > 0
+    assert res["limits"]["learner_max_steps_per_s"] > 0 and res["limits"]["broadcast_mb_per_version"] > 0
