@@ -235,27 +235,29 @@ def _run_bounded(command: list[str], timeout: float) -> tuple[int | None, bytes]
 
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    out, end = bytearray(), time.monotonic() + timeout
+    out, end, eof = bytearray(), time.monotonic() + timeout, False
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < end:
-            if not sel.select(end - time.monotonic()):
-                continue
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            out += chunk
-            del out[:-MAX_OUTPUT]
-    proc.stdout.close()
+        while not eof and time.monotonic() < end:
+            if sel.select(end - time.monotonic()):
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                eof = not chunk
+                out += chunk
+                del out[:-MAX_OUTPUT]
     try:
-        return proc.wait(max(0.0, end - time.monotonic())), bytes(out)
+        if eof:
+            return proc.wait(max(0.0, end - time.monotonic())), bytes(out)
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        return None, bytes(out)
+        pass
+    finally:
+        if proc.returncode is None:  # out of time: it and everything it started go
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        proc.stdout.close()
+    return None, bytes(out)
 
 
 class UserTaskEnv(ScreenEnv):
