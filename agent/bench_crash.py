@@ -276,39 +276,26 @@ def main(argv: list[str], prog: str) -> int:
 
 
 def run(cfg: BenchCrashConfig, home: Path, log=print) -> dict:
+    """Start, aim, kill, check, `cfg.kills` times; then one last resume that runs to its end."""
     rnd = random.Random(cfg.seed)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     learn_args = ["--tasks", cfg.tasks, "--home", str(home), "--resume", "--no-progress", "--seed", str(cfg.seed),
                   "--checkpoint-every", str(cfg.checkpoint_every), "--agent.rollout", str(cfg.rollout),
                   "--agent.threads", "1"] + (["--agent.encoder", cfg.encoder] if cfg.encoder else [])
     durations: dict[str, list[float]] = {}  # measured phase lengths, to aim the next kills
-    rounds, seen_ended, last_step = [], {}, 0
+    rounds: list[dict] = []
     problems: list[str] = []
-    expected = {"expected_step": 0, "broken_newest": []}
+    expected = {"expected_step": 0, "broken_newest": [], "ended": {}}
+    last_step = 0
     for i in range(cfg.kills + 1):
         final = i == cfg.kills
-        steps = last_step + 2 * cfg.checkpoint_every if final else 10**9
-        child = Marked(["--steps", str(steps), *learn_args], env)
+        end = max(last_step, expected["expected_step"]) + 2 * cfg.checkpoint_every  # the last run: two more checkpoints
+        child = Marked(["--steps", str(end if final else 10**9), *learn_args], env)
         miner = None
-        rec: dict = {"round": i}
         try:
-            # 1. the resume: it must start from the newest checkpoint that verifies (and say when it skipped one)
             deadline = time.monotonic() + cfg.phase_timeout_s
-            while _resumed_step(child.out.decode(errors="replace")) is None and child.proc.poll() is None \
-                    and time.monotonic() < deadline:
-                child.pump(0.1)
-            child.pump()
-            out = child.out.decode(errors="replace")
-            got = _resumed_step(out)
-            warned = "using the previous checkpoint" in out + child.err.decode(errors="replace")
-            rec.update(resumed_step=got, expected_step=expected["expected_step"], skipped=expected["broken_newest"],
-                       skip_message=warned)
-            ok = got == expected["expected_step"] and got >= last_step and (warned or not expected["broken_newest"])
-            if not ok:
-                problems.append(f"round {i}: resumed at {got}, expected {expected['expected_step']} "
-                                f"(message: {warned}); stderr: {child.err.decode(errors='replace')[-300:]}")
-            rec["resume_ok"] = ok
-            last_step = max(last_step, got or 0)
+            rec = {"round": i, **_check_resume(child, expected, last_step, deadline, problems)}
+            last_step = max(last_step, rec["resumed_step"] or 0)
             if final:
                 try:
                     child.proc.wait(cfg.phase_timeout_s * 3)
@@ -318,50 +305,12 @@ def run(cfg: BenchCrashConfig, home: Path, log=print) -> dict:
                 child.pump()
                 rec.update(exit_code=child.proc.returncode, traceback="Traceback" in child.err.decode(errors="replace"))
                 break
-            # 2. aim: wait for the phase, then kill at a random moment inside it
             target = PHASES[i % len(PHASES)]
-            rec["target"] = target
-            if target != "checkpointing":  # one new checkpoint first, so that the learning curve moves on
-                while not child.count(b"c") and child.proc.poll() is None and time.monotonic() < deadline + 60:
-                    child.pump(0.05)
             if target == "mining":
-                child.pump_for(rnd.uniform(1.0, 4.0))  # let it act and record a few episodes first
-                miner = Marked(["--mine", str(home)], env)
-            watched = miner or child
-            begin = {"acting": b"u", "learning": b"U", "checkpointing": b"C", "mining": b"M"}[target]
-            if miner:  # time one whole mining pass first
-                while not miner.count(b"m") and miner.proc.poll() is None and time.monotonic() < deadline + 60:
-                    miner.pump(0.01)
-                    child.pump()
-            for _ in range(50):  # a moment inside the phase; if the phase ended first, the next one
-                before = watched.count(begin)
-                while watched.count(begin) == before and watched.proc.poll() is None \
-                        and time.monotonic() < deadline + 60:
-                    watched.pump(0.002)
-                    if watched is miner:
-                        child.pump()
-                if target == "acting":
-                    typical = 0.5  # after an update ends, a random moment of acting (recording episodes is part of it)
-                else:
-                    seen = (durations.get(target, []) + watched.durations().get(target, []))[-20:] or [0.1]
-                    typical = sorted(seen)[len(seen) // 2]
-                delay = rnd.uniform(0.0, typical)
-                began = [ts for m, ts in watched.marks if m == begin]
-                t_kill = (began[-1] if len(began) > before else time.monotonic()) + delay
-                while time.monotonic() < t_kill:
-                    watched.pump(max(0.0, min(0.002, t_kill - time.monotonic())))
-                if target == "acting" or watched.phase_at(time.monotonic()) == target:
-                    break
-            alive = all(p.proc.poll() is None for p in (watched, child))
-            if not alive:
+                miner = _start_miner(child, home, env, rnd, deadline)
+            rec.update(_kill_inside(target, child, miner, rnd, durations, deadline + 60))
+            if not rec["alive"]:
                 problems.append(f"round {i}: the process died before the kill: {child.err.decode(errors='replace')[-300:]}")
-            t_kill = time.monotonic()
-            for p in ([miner] if miner else []) + [child]:  # the aimed-at process first
-                kill_tree(p.proc)
-                p.pump()
-            rec.update(target=target, delay_s=round(delay, 4), alive=alive, learner_phase=child.phase_at(t_kill),
-                       phase=miner.phase_at(t_kill) if miner else child.phase_at(t_kill))
-            recorded = child.count(b"r", until=t_kill)
         finally:
             for p in (child, miner):
                 if p is not None:
@@ -371,31 +320,103 @@ def run(cfg: BenchCrashConfig, home: Path, log=print) -> dict:
         for p in (child, miner):
             for k, v in (p.durations() if p is not None else {}).items():
                 durations.setdefault(k, []).extend(v)
-        # 3. the home, with nothing running: database health, nothing committed lost
-        state = inspect_home(home)
-        lost = [e for e in seen_ended if e not in state["ended"]]
-        new_ended = [e for e in state["ended"] if e not in seen_ended]
-        rec.update(integrity=state["integrity"], foreign_key_errors=state["foreign_key_errors"],
-                   episodes_ended=len(state["ended"]), recorded_this_run=recorded, new_ended=len(new_ended),
-                   lost=len(lost), checkpoint_for_resume=state["expected_step"], broken_newest=state["broken_newest"],
-                   stale_tmp_files=state["stale_tmp_files"], stale_tmp_bytes=state["stale_tmp_bytes"])
-        if state["integrity"] != "ok" or state["foreign_key_errors"]:
-            problems.append(f"round {i}: integrity {state['integrity']!r}, {state['foreign_key_errors']} fk errors")
-        if lost or len(new_ended) < recorded:
-            problems.append(f"round {i}: {len(lost)} earlier episodes lost; {len(new_ended)} new ended episodes "
-                            f"< {recorded} recorded")
-        seen_ended = state["ended"]
+        state = inspect_home(home)  # nothing runs now
+        rec.update(_check_home(state, expected["ended"], rec["recorded_this_run"], i, problems))
         expected = state
         rounds.append(rec)
         log(f"kill {i + 1}/{cfg.kills}: aimed at {rec['target']}, landed in {rec['phase']} "
             f"(learner {rec['learner_phase']}) after {rec['delay_s']} s; resumed at {rec['resumed_step']}; "
-            f"integrity {state['integrity']}; {len(state['ended'])} episodes ended, {len(lost)} lost")
-    final_rec = rec
+            f"integrity {state['integrity']}; {len(state['ended'])} episodes ended, {rec['lost']} lost")
+    return _summary(rounds, rec, inspect_home(home), expected["ended"], home, cfg, problems)
+
+
+def _check_resume(child: Marked, expected: dict, last_step: int, deadline: float, problems: list[str]) -> dict:
+    """The resume must start from the newest checkpoint that verifies, and say so when it skipped a broken one."""
+    while _resumed_step(child.out.decode(errors="replace")) is None and child.proc.poll() is None \
+            and time.monotonic() < deadline:
+        child.pump(0.1)
+    child.pump()
+    out, err = child.out.decode(errors="replace"), child.err.decode(errors="replace")
+    got = _resumed_step(out)
+    warned = "using the previous checkpoint" in out + err
+    ok = got == expected["expected_step"] and got >= last_step and (warned or not expected["broken_newest"])
+    if not ok:
+        problems.append(f"resumed at {got}, expected {expected['expected_step']} (message: {warned}); "
+                        f"stderr: {err[-300:]}")
+    return {"resumed_step": got, "expected_step": expected["expected_step"], "skipped": expected["broken_newest"],
+            "skip_message": warned, "resume_ok": ok}
+
+
+def _start_miner(child: Marked, home: Path, env: dict, rnd: random.Random, deadline: float) -> Marked:
+    """The panel's miner on the same home, once the learner has recorded a few episodes; one pass timed."""
+    while not child.count(b"c") and child.proc.poll() is None and time.monotonic() < deadline + 60:
+        child.pump(0.05)
+    child.pump_for(rnd.uniform(1.0, 4.0))
+    miner = Marked(["--mine", str(home)], env)
+    while not miner.count(b"m") and miner.proc.poll() is None and time.monotonic() < deadline + 60:
+        miner.pump(0.01)
+        child.pump()
+    return miner
+
+
+def _kill_inside(target: str, child: Marked, miner: Marked | None, rnd: random.Random, durations: dict,
+                 deadline: float) -> dict:
+    """SIGKILL at a random moment inside `target` (acting: within 0.5 s after an update ends); the markers
+    read afterwards say where each process really was."""
+    if target not in ("checkpointing", "mining"):  # one new checkpoint first, so that the learning curve moves on
+        while not child.count(b"c") and child.proc.poll() is None and time.monotonic() < deadline:
+            child.pump(0.05)
+    watched = miner or child
+    begin = {"acting": b"u", "learning": b"U", "checkpointing": b"C", "mining": b"M"}[target]
+    for _ in range(50):  # a moment inside the phase; if the phase ended first, the next one
+        before = watched.count(begin)
+        while watched.count(begin) == before and watched.proc.poll() is None and time.monotonic() < deadline:
+            watched.pump(0.002)
+            if watched is miner:
+                child.pump()
+        if target == "acting":
+            typical = 0.5
+        else:
+            seen = (durations.get(target, []) + watched.durations().get(target, []))[-20:] or [0.1]
+            typical = sorted(seen)[len(seen) // 2]
+        delay = rnd.uniform(0.0, typical)
+        began = [ts for m, ts in watched.marks if m == begin]
+        t_kill = (began[-1] if len(began) > before else time.monotonic()) + delay
+        while time.monotonic() < t_kill:
+            watched.pump(max(0.0, min(0.002, t_kill - time.monotonic())))
+        if target == "acting" or watched.phase_at(time.monotonic()) == target:
+            break
+    alive = all(p.proc.poll() is None for p in (watched, child))
+    t_kill = time.monotonic()
+    for p in ([miner] if miner else []) + [child]:  # the aimed-at process first
+        kill_tree(p.proc)
+        p.pump()
+    return {"target": target, "delay_s": round(delay, 4), "alive": alive, "learner_phase": child.phase_at(t_kill),
+            "phase": watched.phase_at(t_kill), "recorded_this_run": child.count(b"r", until=t_kill)}
+
+
+def _check_home(state: dict, ended_before: dict, recorded: int, i: int, problems: list[str]) -> dict:
+    """Database health; no committed episode lost: every one ended before any earlier kill is still there, and
+    every episode whose recording returned in the killed run is in the database."""
+    lost = [e for e in ended_before if e not in state["ended"]]
+    new_ended = [e for e in state["ended"] if e not in ended_before]
+    if state["integrity"] != "ok" or state["foreign_key_errors"]:
+        problems.append(f"round {i}: integrity {state['integrity']!r}, {state['foreign_key_errors']} fk errors")
+    if lost or len(new_ended) < recorded:
+        problems.append(f"round {i}: {len(lost)} earlier episodes lost; {len(new_ended)} new ended episodes "
+                        f"< {recorded} recorded")
+    return {"integrity": state["integrity"], "foreign_key_errors": state["foreign_key_errors"],
+            "episodes_ended": len(state["ended"]), "new_ended": len(new_ended), "lost": len(lost),
+            "checkpoint_for_resume": state["expected_step"], "broken_newest": state["broken_newest"],
+            "stale_tmp_files": state["stale_tmp_files"], "stale_tmp_bytes": state["stale_tmp_bytes"]}
+
+
+def _summary(rounds: list[dict], final_rec: dict, state: dict, ended_before: dict, home: Path,
+             cfg: BenchCrashConfig, problems: list[str]) -> dict:
     if final_rec.get("exit_code") != 0 or final_rec.get("traceback"):
         problems.append(f"final run: exit {final_rec.get('exit_code')}, traceback {final_rec.get('traceback')}")
-    state = inspect_home(home)
     curve = json.loads((home / "curve.json").read_text()) if (home / "curve.json").exists() else {}
-    lost = [e for e in seen_ended if e not in state["ended"]]
+    lost = [e for e in ended_before if e not in state["ended"]]
     points = [[s for s, _ in r["curve"]] for r in curve.get("runs", [])]
     monotone = all(a < b for pts in points for a, b in zip(pts, pts[1:]))  # the curve only ever moves on
     final = {"ok": final_rec.get("exit_code") == 0 and not final_rec.get("traceback") and final_rec["resume_ok"]
@@ -403,20 +424,20 @@ def run(cfg: BenchCrashConfig, home: Path, log=print) -> dict:
              "curve_points": sum(map(len, points)), "curve_monotone": monotone,
              "resumed_step": final_rec.get("resumed_step"), "env_steps": curve.get("env_steps"),
              "episodes_ended": len(state["ended"]), "integrity": state["integrity"], "lost": len(lost)}
-    by_phase: dict[str, int] = {p: 0 for p in (*PHASES, "recording")}
+    by_phase: dict[str, int] = {}
     for r in rounds:
         by_phase[r["phase"]] = by_phase.get(r["phase"], 0) + 1
+    resumes = rounds[1:] + [final_rec]  # the starts that followed a kill
     counts = {
-        "kills": len(rounds), "by_phase": {k: v for k, v in by_phase.items() if v},
-        "by_target": {p: sum(r["target"] == p for r in rounds) for p in PHASES},
-        "resumes_ok": sum(r["resume_ok"] for r in rounds[1:]) + final_rec["resume_ok"],
+        "kills": len(rounds), "by_phase": by_phase, "by_target": {p: sum(r["target"] == p for r in rounds) for p in PHASES},
+        "resumes_ok": sum(r["resume_ok"] for r in resumes),
         "checks": len(rounds) + 1, "integrity_ok": sum(r["integrity"] == "ok" for r in rounds) + (state["integrity"] == "ok"),
         "lost_episodes": sum(r["lost"] for r in rounds) + len(lost),
         # resumes that found the newest checkpoint broken (a kill while writing it) and used the one before
-        "fallbacks_with_message": sum(bool(r["skipped"]) and r["skip_message"] for r in rounds[1:] + [final_rec]),
-        "fallbacks_silent": sum(bool(r["skipped"]) and not r["skip_message"] for r in rounds[1:] + [final_rec]),
+        "fallbacks_with_message": sum(bool(r["skipped"]) and r["skip_message"] for r in resumes),
+        "fallbacks_silent": sum(bool(r["skipped"]) and not r["skip_message"] for r in resumes),
         "broken_checkpoints_left_by_kills": len({n for r in rounds for n in r["broken_newest"]}),
-        "resumed_steps": [r["resumed_step"] for r in rounds[1:]] + [final_rec["resumed_step"]],
+        "resumed_steps": [r["resumed_step"] for r in resumes],
         # checkpoint temp files left behind by kills mid-write (nothing removes them): disk a crash costs
         "stale_tmp_files": state["stale_tmp_files"], "stale_tmp_bytes": state["stale_tmp_bytes"],
     }
