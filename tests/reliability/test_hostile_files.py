@@ -1,6 +1,7 @@
 """Corrupt or hostile files: each gets a one-line message and a non-zero exit, never a traceback or garbage loaded."""
 
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -76,7 +77,7 @@ def test_damaged_checkpoint_is_detected_and_the_previous_one_used(tmp_path, dama
         load_checkpoint(new)
     assert "\n" not in str(e.value) and new.name in str(e.value)
     messages = []
-    path, tensors, meta = load_latest(tmp_path, warn=messages.append)
+    path, _, meta = load_latest(tmp_path, warn=messages.append)
     assert path == old and meta["counters"] == {"n": 1}
     assert len(messages) == 1 and "using the previous checkpoint" in messages[0]
 
@@ -179,7 +180,7 @@ def _toml_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return repr(v) if not isinstance(v, float) or v == v and abs(v) != float("inf") else "0.0"
+    return repr(v) if not isinstance(v, float) or math.isfinite(v) else "0.0"
 
 
 values = st.one_of(toml_scalars, st.lists(toml_scalars, max_size=4), st.lists(st.integers(-5, 5000), max_size=5))

@@ -125,13 +125,13 @@ def test_failsafe_corner_stops_learn_which_saves_a_checkpoint(xdisplay, tmp_path
 @pytest.mark.slow
 def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     p = subprocess.Popen(learn("--tasks", "fake-click", "--steps", "100000", "--home", str(tmp_path),
-                               "--agent.rollout", "32"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                               "--agent.rollout", "32", "--curve-every", "10"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         deadline = time.monotonic() + 120
-        while not (tmp_path / "agent.db").exists() and time.monotonic() < deadline:
+        while not (tmp_path / "curve.json").exists() and time.monotonic() < deadline:  # learning by now
             time.sleep(0.1)
-        time.sleep(3)
+        time.sleep(1)
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=60)
     finally:
