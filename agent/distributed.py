@@ -386,8 +386,6 @@ class DistributedLearner:
 
     def __init__(self, agent: Agent, tasks: list[str], actors: int, address: str = "", scale: ScaleConfig | None = None,
                  seed: int = 0):
-        import ray
-
         if actors < 1:
             raise UserError("--actors must be at least 1 to scale out (0 runs the single-process loop)")
         self.agent, self.tasks, self.cfg = agent, list(tasks), agent.cfg
@@ -410,7 +408,9 @@ class DistributedLearner:
         self.broadcasts, self.broadcast_bytes, self.broadcast_s = 0, 0, 0.0
         self.update_s: list[float] = []
         self._calls: dict = {}  # ObjectRef -> actor index
-        self._own_ray = connect(address, actors, self.scale)
+        connect(address, actors, self.scale)  # (a one-line error when Ray cannot start or the cluster is unreachable)
+        import ray
+
         self.t0 = time.time()
         cfg = replace(self.cfg, encoder=_abs_if_file(self.cfg.encoder), pretrained=_abs_if_file(self.cfg.pretrained))
         remote = ray.remote(EpisodeActor).options(
