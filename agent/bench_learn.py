@@ -43,6 +43,8 @@ class BenchLearnConfig:
     """Env steps per run (one task, one agent, one seed)."""
     seeds: int = 3
     """Seeds per task and agent (0..K-1)."""
+    first_seed: int = 0
+    """Seeds run are first-seed .. first-seed + seeds - 1 (to add seeds to an earlier run)."""
     agents: str = ",".join(AGENTS)
     """Comma-separated agents: squirrel, random, sb3-ppo."""
     parallel: int = 2
@@ -267,7 +269,7 @@ def main(argv: list[str], prog: str) -> int:
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="squirrel-bench-learn-"))
     work.mkdir(parents=True, exist_ok=True)
     pending: deque[Job] = deque()
-    for seed in range(cfg.seeds):  # seed-major: partial results cover every task and agent early
+    for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):  # seed-major: partial results cover every task and agent early
         for task in tasks:
             for agent in agents:
                 name = f"{task}.{agent}.s{seed}"
