@@ -54,6 +54,9 @@ class LearnConfig:
     policy's best guess without exploration; not learned from, not counted as training steps."""
     eval_episodes: int = 20
     """Episodes per task in each greedy evaluation."""
+    db_budget_mb: float = 1024.0
+    """Keep the agent database under this size: past it, the oldest decided episodes and their steps are deleted
+    (episodic memory entries, tools and pending episodes stay). 0: keep everything."""
     checkpoint_every: int = 2000
     """Env steps between checkpoints."""
     tensorboard: bool = True
@@ -327,6 +330,8 @@ class LearnRun:
     def _on_episode(self, r) -> None:
         if self.db is not None:
             self._record(r)
+            if self.cfg.db_budget_mb and r.episode % 100 == 0:
+                self.db.trim(int(self.cfg.db_budget_mb * 2**20))
             if r.success is None and r.episode in self.learner.pending:
                 self._pending_db[r.db_id] = r.episode
                 return  # counted in the curve when a person gives the outcome

@@ -489,6 +489,26 @@ class AgentDB:
         return [Step(r[0], r[1], json.loads(r[2]), r[3], json.loads(r[4]), from_blob(r[5]), r[6]) for r in rows]
 
     # ---------------------------------------------------------------- retention
+    def used_bytes(self) -> int:
+        """Bytes of the database file in use (freed pages are reused before the file grows)."""
+        (pc,), (fl,), (ps,) = (self.read(f"PRAGMA {p}")[0] for p in ("page_count", "freelist_count", "page_size"))
+        return (pc - fl) * ps
+
+    def trim(self, max_bytes: int, batch: int = 200) -> int:
+        """Delete the oldest decided episodes (with their steps) while the database uses more than `max_bytes`;
+        returns how many. Running and pending episodes, episodic memory entries and tools stay. The file keeps
+        its size and reuses the freed pages, so it stops growing at about the budget."""
+        removed = 0
+        while self.used_bytes() > max_bytes:
+            ids = [r[0] for r in self.read("SELECT id FROM episodes WHERE outcome IN ('success', 'failure', 'aborted') "
+                                           "ORDER BY id LIMIT ?", (batch,))]
+            if not ids:
+                break
+            with self.transaction() as c:
+                c.execute(f"DELETE FROM episodes WHERE id IN ({','.join('?' * len(ids))})", ids)
+            removed += len(ids)
+        return removed
+
     def purge(self, task: str | None = None, before: float | datetime | None = None, *, vacuum: bool = True) -> dict:
         """Delete episodes (with their steps) and memory entries of `task` and/or started/created before
         `before` (unix time or datetime); both None deletes all of them. Tools stay on record. Then VACUUM,

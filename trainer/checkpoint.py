@@ -94,6 +94,9 @@ def save_checkpoint(directory: str | Path, step: int, modules: dict[str, torch.n
     for old in list_checkpoints(d)[:-keep]:
         old.unlink(missing_ok=True)
         old.with_suffix(".json").unlink(missing_ok=True)
+    # a save cut short by a kill leaves its temp file; a home has one agent (agent/home.py), so any other is stale
+    for stale in d.glob("ckpt-*.tmp"):
+        stale.unlink(missing_ok=True)
     return path
 
 

@@ -166,3 +166,29 @@ def test_v1_database_upgrades_keeping_ids_steps_and_demonstrations(tmp_path, mon
         assert db.episode(new).outcome == "pending" and db.episode(new).success is None
         db.purge("t")  # foreign keys still cascade
         assert db.read("SELECT count(*) FROM steps")[0][0] == 0
+
+
+def test_trim_keeps_the_database_under_its_budget_oldest_decided_episodes_first(tmp_path):
+    import numpy as np
+
+    from memory.db import AgentDB
+
+    with AgentDB.open(tmp_path) as db:
+        pending = db.begin_episode("t", 0, "wait for me")
+        db.end_episode(pending, None, 0.0, 1)
+        sizes = []
+        for round_ in range(6):
+            for i in range(150):
+                e = db.begin_episode("t", i, "x" * 50)
+                for k in range(5):
+                    db.add_step(e, k, {"kind": "click", "x": k}, 0.0, target=np.random.rand(192))
+                db.end_episode(e, i % 2 == 0, 1.0, 5)
+            db.trim(1_500_000)
+            sizes.append((tmp_path / "agent.db").stat().st_size)
+            assert db.used_bytes() <= 1_500_000
+        assert sizes[-1] == sizes[-2] == sizes[-3]  # the file stops growing: freed pages are reused
+        assert db.episode(pending).outcome == "pending"  # never trimmed
+        ids = [e.id for e in db.episodes()]
+        assert ids == sorted(ids) and ids[1] > 150  # the oldest went first
+        assert db.read("PRAGMA foreign_key_check") == [] and db.read("SELECT count(*) FROM steps WHERE episode_id NOT IN "
+                                                                      "(SELECT id FROM episodes)")[0][0] == 0

@@ -49,3 +49,10 @@ def test_keeps_last_n_and_skips_corrupt(tmp_path):
     said = []
     path, _, meta = load_latest(tmp_path, warn=said.append)
     assert meta["step"] == 3 and "corrupt" in said[0]
+
+
+def test_a_save_cut_short_leaves_no_temp_file_behind_after_the_next(tmp_path):
+    m, opt = make()
+    (tmp_path / "ckpt-0000000002.safetensorsab12cd.tmp").write_bytes(b"half a checkpoint")  # a kill mid-save
+    save_checkpoint(tmp_path, 3, {"m": m}, opt, {}, {"env_steps": 3})
+    assert not list(tmp_path.glob("*.tmp")) and [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-0000000003.safetensors"]
