@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "learn": ("agent.learn_cli:main", "learn tasks from pixels, online: progress bar, TensorBoard, checkpoints, curve"),
     "playground": ("agent.playground_cli:main", "show the playground tasks on a display, solved by their oracle"),
     "panel": ("gui.app:main", "the Qt control panel: assign tasks, watch the agent learn, review tools"),
+    "memory": ("memory.purge_cli:main", "memory purge: remove a task's or a period's data from an agent home"),
 }
 BENCH: dict[str, tuple[str, str]] = {
     "env": ("agent.bench_env:main", "desktop env: oracle success and speed, settle/capture/action ms"),
