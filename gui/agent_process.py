@@ -11,6 +11,12 @@ Two pipes carry pickled tuples (`multiprocessing.connection.Connection`). The fi
                     ("started", info) ("progress", info) ("frame", info) ("assigned", tasks)
                     ("verdict", episode_id, good) ("demo", info) ("saved", env_steps) ("error", text, traceback)
 
+With `--actors N` (Ray, agent/distributed.py) this process is the learner only: the actors act on their own
+displays, so there are no frames and no takeover; progress carries `"scale"` (the actors and their rates,
+`DistributedLearner.status()`, at most every `SCALE_EVERY_S`); pause holds the learner between episodes, so no
+new episode is sent to an actor until resumed (each finishes the ones it was sent); stop ends the learner's
+loop, saves, closes the actors' desktops and shuts Ray down.
+
 Everything the env or the learner touches happens on the main thread; the command thread only raises
 flags (stop, pause, takeover) and queues the rest. Stop: the gate's stop flag (a file the panel
 touches) refuses every action at once, and the loop ends before its next step, saves a checkpoint and
@@ -35,6 +41,7 @@ import gymnasium as gym
 import numpy as np
 
 INTERRUPT_AFTER_S = 0.3  # a stop that the loop has not obeyed by then interrupts it
+SCALE_EVERY_S = 0.5  # the actors' figures go with progress at most this often
 
 
 class Stopped(Exception):
@@ -127,6 +134,8 @@ class AgentWorker:
         self.finishing = threading.Event()  # the loop is over: saving, closing (never interrupt that)
         self._acting = threading.Lock()  # held while an action is under way (never interrupt that either)
         self.run = self.gate = None
+        self.actors = 0  # Ray actors acting for this learner (0: the single-process loop, on this process's desktop)
+        self._last_scale = 0.0
         self.fps = 15.0
         self.live = None  # (frame, action, heat, task, instruction, demo): replaced whole, read by the feed thread
         self.rect = (0, 0, 0, 0)
@@ -169,6 +178,8 @@ class AgentWorker:
                 self.paused.set()
             elif kind == "resume":
                 self.paused.clear()
+            elif kind == "takeover" and self.actors:
+                self.error("no takeover with Ray actors: they act on their own displays (start with 0 actors)")
             elif kind == "takeover":
                 (self.takeover.set if msg[1] else self.takeover.clear)()
                 self.inbox.put(msg)
@@ -234,6 +245,9 @@ class AgentWorker:
         if not err and not same_desktop(tasks, self.run.tasks):
             err = (f"{', '.join(tasks)} need another desktop than the {env_kind(self.run.tasks[0])} one the agent "
                    "runs: stop the agent, then start it with these")
+        if not err and self.actors and env_kind(tasks[0]) == "fake" and set(tasks) != set(self.run.tasks):
+            err = (f"the Ray actors' fake desktops run {', '.join(sorted(set(self.run.tasks)))} only: stop the agent, "
+                   "then start it with these")
         if err:
             self.error(f"assignment refused: {err}")
             return
@@ -276,8 +290,12 @@ class AgentWorker:
         if now - self._last_flush < 0.1:
             return
         L = self.run.learner
-        self.send("progress", {"episodes": self._episodes, "losses": self._losses, "env_steps": L.env_steps,
-                               "episodes_total": L.episodes, "updates": L.updates, "t": time.time()})
+        info = {"episodes": self._episodes, "losses": self._losses, "env_steps": L.env_steps,
+                "episodes_total": L.episodes, "updates": L.updates, "t": time.time()}
+        if self.actors and (now - self._last_scale >= SCALE_EVERY_S or every == 0.0):
+            info["scale"] = L.status()  # the actors and their rates, the learner's rate, the policy lag
+            self._last_scale = now
+        self.send("progress", info)
         self._episodes, self._losses, self._last_flush = [], None, now
 
     def on_episode(self, r) -> None:
@@ -289,6 +307,8 @@ class AgentWorker:
                                "env_steps": r.env_steps, "episode": r.episode, "instruction": r.instruction,
                                "ask": r.success is None})
         self.flush()
+        if self.actors:  # between two episodes of the learner: a pause holds here, so nothing new goes to the actors
+            self.hold()
 
     def on_update(self, info: dict) -> None:
         self._losses = {k: float(v) for k, v in info.items()}
@@ -416,8 +436,13 @@ class AgentWorker:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             self.done.set()
             self.send("status", final, "" if code == 0 else "with an error")  # it acts no more: say so now
+            t = time.monotonic()
             if self.run is not None:
-                self.run.close()
+                self.run.close()  # with actors: their desktops, then Ray
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (ray.shutdown resets SIGTERM to its default: dying)
+            _shutdown_ray()  # if Ray was still starting when stopped, LearnRun had no learner to shut it down
+            if self.actors:
+                print(f"squirrel: closed the actors and Ray in {time.monotonic() - t:.2f} s", flush=True)
             if self.gate is not None:
                 self.gate.close()
         return code
@@ -433,29 +458,35 @@ class AgentWorker:
         except SystemExit:
             raise UserError(f"invalid agent options {' '.join(opts['argv'])!r} (details in the agent log)") from None
         tasks = [t for t in cfg.tasks.split(",") if t]
-        self.gate = make_env(tasks, cfg.display or None)
-        self.gate.stop = StopFlag(opts.get("stop_file") or None)
-        self.gate.stop.clear()
-        desktop = getattr(self.gate.unwrapped, "desktop", None)
-        self.display = desktop.display if desktop is not None else ""
-        self.run = run = LearnRun(cfg, tasks, env=PanelEnv(self.gate, self))
-        run.start()
+        self.actors = max(cfg.actors, 0)
+        if self.actors:
+            run = self._start_with_actors(cfg, tasks)
+        else:
+            self.gate = make_env(tasks, cfg.display or None)
+            self.gate.stop = StopFlag(opts.get("stop_file") or None)
+            self.gate.stop.clear()
+            desktop = getattr(self.gate.unwrapped, "desktop", None)
+            self.display = desktop.display if desktop is not None else ""
+            self.run = run = LearnRun(cfg, tasks, env=PanelEnv(self.gate, self))
+            run.start()
 
-        def keep_logits(obs, out):
-            self._logits = out.patch_logits[0]
-            live = self.live  # the frame on show, still undecided: show where the policy would click
-            if live is not None and live[1] is None and not live[5] and np.may_share_memory(obs.frames, live[0]):
-                self.live = (live[0], None, self.heat(), *live[3:])
+            def keep_logits(obs, out):
+                self._logits = out.patch_logits[0]
+                live = self.live  # the frame on show, still undecided: show where the policy would click
+                if live is not None and live[1] is None and not live[5] and np.may_share_memory(obs.frames, live[0]):
+                    self.live = (live[0], None, self.heat(), *live[3:])
 
-        run.learner.decision_callbacks.append(keep_logits)
+            run.learner.decision_callbacks.append(keep_logits)
         run.learner.episode_callbacks.append(self.on_episode)
         run.learner.update_callbacks.append(self.on_update)
         L = run.learner
         self.send("started", {"env_steps": L.env_steps, "episodes": L.episodes, "updates": L.updates,
                               "resumed": L.env_steps > 0, "tasks": tasks, "display": self.display,
-                              "grid": list(run.agent.policy.grid), "pid": os.getpid()})
+                              "grid": list(run.agent.policy.grid), "pid": os.getpid(), "actors": self.actors,
+                              "ray_address": cfg.ray_address})
         self.send("assigned", tasks)
-        threading.Thread(target=self._feed, name="feed", daemon=True).start()
+        if not self.actors:  # (with actors there is no screen here to show)
+            threading.Thread(target=self._feed, name="feed", daemon=True).start()
         if self.stopping.is_set():
             raise_stop = True
         else:
@@ -470,7 +501,7 @@ class AgentWorker:
         except Stopped:
             pass
         except RuntimeError:
-            if not self.gate.stop.is_set():  # the gate refuses to reset once stopped: that is a stop
+            if self.gate is None or not self.gate.stop.is_set():  # the gate refuses to reset once stopped: a stop
                 raise
         except KeyboardInterrupt:  # SIGTERM, or a stop that interrupted an update
             pass
@@ -479,6 +510,30 @@ class AgentWorker:
         self._last_flush = 0.0
         self.flush(0.0)
         return 0, final
+
+    def _start_with_actors(self, cfg, tasks: list[str]):
+        """The learner end of a Ray run: no desktop here (each actor starts its own)."""
+        from agent.learn_cli import LearnRun
+        from gui.tasks import check_assignable
+        from squirrel.errors import UserError
+
+        err = check_assignable(tasks)
+        if err:
+            raise UserError(err)
+        user = [t[len("user-"):] for t in tasks if t.startswith("user-")]
+        if user:
+            from agent.tasks.user import scan
+
+            if any(spec is not None and spec.name in user and spec.checker["kind"] == "ask" for _, spec, _ in scan()):
+                raise UserError(f"{tasks[0]} is judged by a person, which the Ray actors cannot wait for: start it with 0 "
+                                "actors")
+        self.run = run = LearnRun(cfg, tasks)
+        term = signal.getsignal(signal.SIGTERM)
+        try:
+            run.start()  # (ray.init replaces the SIGTERM handler with its own sys.exit)
+        finally:
+            signal.signal(signal.SIGTERM, term)
+        return run
 
     def _save(self) -> None:
         if self.run is None or not hasattr(self.run, "learner"):
@@ -493,6 +548,13 @@ class AgentWorker:
             except Exception as e:  # noqa: BLE001
                 self.error(f"could not save a checkpoint: {e}", traceback.format_exc())
                 return
+
+
+def _shutdown_ray() -> None:
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _die_with_parent() -> None:

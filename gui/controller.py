@@ -13,7 +13,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from gui.background import Background
 from gui.client import AgentProcess
-from gui.models import AgentState, CurveModel, Emitter, LiveModel
+from gui.models import ActorsModel, AgentState, CurveModel, Emitter, LiveModel
 from gui.store import HomeStore
 from gui.tasks import Assignment, check_assignable
 
@@ -28,9 +28,25 @@ class AgentOptions:
     checkpoint_every: int = 2000
     tensorboard: bool = True
     fps: float = 15.0
+    actors: int = 0  # Ray actors, each acting on its own virtual display (0: the single-process loop)
     extra: tuple[str, ...] = ()  # more `squirrel learn` options, e.g. ("--agent.encoder", "path.json")
     grace_s: float = 1.0  # after a stop, SIGTERM after this long, SIGKILL `kill_after_s` later
+    actors_grace_s: float = 6.0  # the same with Ray actors: their desktops are closed and Ray shut down first
     kill_after_s: float = 8.0  # time to close its desktop (Xvfb, the playground app, Chromium)
+
+
+def take_actors(options: AgentOptions) -> None:
+    """`--actors N` among the extra agent options becomes `options.actors` (the window's spin box shows it)."""
+    extra, i = list(options.extra), 0
+    while i < len(extra):
+        arg = extra[i]
+        value = arg.split("=", 1)[1] if arg.startswith("--actors=") else extra[i + 1] if arg == "--actors" and i + 1 < len(extra) else None
+        if value is not None and value.isdigit():
+            options.actors = int(value)
+            del extra[i:i + (1 if "=" in arg else 2)]
+        else:
+            i += 1
+    options.extra = tuple(extra)
 
 
 def describe_exit(code: int) -> str:
@@ -48,7 +64,9 @@ class Controller(QObject):
     def __init__(self, home: str | Path, options: AgentOptions | None = None, parent: QObject | None = None):
         super().__init__(parent)
         self.options = options or AgentOptions()
+        take_actors(self.options)
         self.state, self.curves, self.live = AgentState(), CurveModel(), LiveModel()
+        self.actors = ActorsModel()
         self.assignment = Assignment()
         self.background = Background(self)
         self.store = HomeStore(home)
@@ -110,6 +128,8 @@ class Controller(QObject):
             argv += ["--display", o.display]
         if not o.tensorboard:
             argv.append("--no-tensorboard")
+        if o.actors:
+            argv += ["--actors", str(o.actors)]
         return argv + list(o.extra)
 
     def start(self) -> bool:
@@ -121,6 +141,8 @@ class Controller(QObject):
             self.state.add_message("error", f"cannot start: {err}")
             return False
         self._final = ""
+        self.state.actors = self.options.actors
+        self.actors.start(self.options.actors)
         proc = self.proc = AgentProcess(lambda msg: self._from_reader(proc, msg))
         self.state.resumed_from = None
         self.state.set_status("starting", "loading the agent")
@@ -136,7 +158,8 @@ class Controller(QObject):
     def pause(self) -> None:
         if self.proc and self.state.status == "running":
             self.proc.send("pause")
-            self.state.set_status("running", "pausing after this step")
+            self.state.set_status("running", "pausing: no new episode goes to the actors; they finish the ones they have"
+                                  if self.state.actors else "pausing after this step")
 
     def resume(self) -> None:
         if self.proc and self.state.status in ("paused", "running"):
@@ -148,7 +171,10 @@ class Controller(QObject):
         if self.proc is None or not self.state.alive:
             return
         self.state.set_status("stopping", "saving a checkpoint")
-        self.proc.stop(self.options.grace_s, self.options.kill_after_s)
+        self.proc.stop(self.grace_s(), self.options.kill_after_s)
+
+    def grace_s(self) -> float:
+        return self.options.actors_grace_s if self.state.actors else self.options.grace_s
 
     def assign(self) -> None:
         tasks = self.assignment.tasks()
@@ -172,6 +198,11 @@ class Controller(QObject):
             if on:
                 self.state.add_message("error", "start the agent first: a person's demonstration runs on its desktop")
             return
+        if on and self.state.actors:
+            self.live.set_takeover("off")
+            self.state.add_message("error", "no takeover with Ray actors: they act on their own displays; restart the "
+                                            "agent with 0 actors to act on its desktop yourself")
+            return
         if on and self.live.takeover != "off":
             return  # already taking over
         self.proc.send("takeover", bool(on))
@@ -188,7 +219,7 @@ class Controller(QObject):
         self._shut = True
         self._stats_timer.stop()
         if self.proc is not None and self.proc.alive():
-            self.proc.stop(self.options.grace_s, self.options.kill_after_s)
+            self.proc.stop(self.grace_s(), self.options.kill_after_s)
             try:
                 self.proc.proc.wait(wait_s)
             except Exception:  # noqa: BLE001
@@ -225,6 +256,8 @@ class Controller(QObject):
         if p["losses"]:
             self.curves.add_losses(p["losses"])
         self.live.add_episodes(p["episodes"])
+        if p.get("scale"):
+            self.actors.set_scale(p["scale"])
         if p["episodes"]:
             self.episodes_arrived.emit(p["episodes"])
 
@@ -241,10 +274,15 @@ class Controller(QObject):
     def _ev_started(self, info: dict) -> None:
         self.grid = tuple(info.get("grid", self.grid))
         self.state.display = info.get("display", "")
+        if info.get("actors", 0) != self.actors.count or info.get("ray_address", ""):
+            self.actors.start(info.get("actors", 0), info.get("ray_address", ""))
+        self.state.actors = self.actors.count
         self.state.resumed_from = info["env_steps"] if info.get("resumed") else None
         self.state.set_counters(info["env_steps"], info["episodes"], info["updates"])
         where = f"resumed from the checkpoint at {info['env_steps']} env steps" if info.get("resumed") else "started from scratch"
-        self.state.add_message("info", f"agent {where} (pid {info.get('pid')})")
+        on = (f"; {self.actors.count} Ray actors act on their own displays"
+              + (f" (cluster {self.actors.address})" if self.actors.address else "") if self.actors.count else "")
+        self.state.add_message("info", f"agent {where} (pid {info.get('pid')}){on}")
 
     def _ev_assigned(self, tasks: list[str]) -> None:
         self.state.assigned = list(tasks)

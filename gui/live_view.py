@@ -85,18 +85,24 @@ class LiveView(QWidget):
         self._refresh()
 
     def _refresh_info(self) -> None:
-        m = self.ctl.live
+        m, actors = self.ctl.live, self.ctl.state.actors
+        if actors and self.ctl.state.alive:  # the learner has no screen of its own
+            self.info.setText(f"<b>No live view with {actors} Ray actors</b>: each acts on its own display, which this "
+                              "process does not see (their figures are in the Actors tab).")
+            return
         self.info.setText(f"<b>{m.task or '—'}</b>: {m.instruction or ''}<br>{m.fps:.1f} frames/s"
                           + (f" · display {self.ctl.state.display}" if self.ctl.state.display else " · no display (fake desktop)"))
 
     def _refresh(self) -> None:
         m, alive = self.ctl.live, self.ctl.state.alive
-        self.takeover_btn.setEnabled(alive)
+        actors = self.ctl.state.actors and alive
+        self.takeover_btn.setEnabled(alive and not actors)
         self.takeover_btn.blockSignals(True)
         self.takeover_btn.setChecked(m.takeover != "off")
         self.takeover_btn.blockSignals(False)
         self.done_btn.setEnabled(m.takeover == "ready")
-        self.takeover_note.setText({
+        self.takeover_note.setText("Not with Ray actors: they act on their own displays. Restart with 0 actors to "
+                                   "act on the agent's desktop yourself." if actors else {
             "off": "Act on the agent's desktop yourself; your episode is recorded as a demonstration it learns from.",
             "requested": "Waiting for the agent to finish its episode…",
             "ready": "Your turn: click, drag, scroll or type on the screen (only words of the instruction can be typed).",

@@ -46,6 +46,7 @@ class AgentState:
         self.resumed_from: int | None = None
         self.pid: int | None = None
         self.display = ""
+        self.actors = 0  # Ray actors acting for the running agent (0: the single-process loop)
         self.assigned: list[str] = []
         self.messages: list[tuple[float, str, str]] = []  # (time, level, text)
         self.changed = Emitter()  # ()
@@ -197,3 +198,44 @@ class LiveModel:
     def verdict_given(self, episode_id: int) -> None:
         self.awaiting = [e for e in self.awaiting if e["id"] != episode_id]
         self.changed.emit()
+
+
+class ActorsModel:
+    """The Ray actors of an agent started with `--actors N` and the learner's figures, as the agent process
+    reports them (`DistributedLearner.status()`: one dict per actor, updates/s, policy lag, broadcast size)."""
+
+    def __init__(self):
+        self.count = 0  # actors the running (or last) agent was started with; 0: the single-process loop
+        self.address = ""  # the Ray cluster it joined ("": a local Ray)
+        self.actors: list[dict] = []
+        self.version = -1
+        self.updates_per_s = 0.0
+        self.update_s: float | None = None
+        self.policy_lag: dict | None = None  # median, mean, max, steps
+        self.broadcast_mb = 0.0
+        self.updated = 0.0  # time.time() of the last report
+        self.changed = Emitter()  # ()
+
+    def start(self, count: int, address: str = "") -> None:
+        """A new agent run: `count` actors (0: none), nothing reported yet."""
+        self.count, self.address, self.actors = int(count), address, []
+        self.version, self.updates_per_s, self.update_s, self.policy_lag, self.broadcast_mb = -1, 0.0, None, None, 0.0
+        self.updated = 0.0
+        self.changed.emit()
+
+    def set_scale(self, scale: dict) -> None:
+        self.actors = [dict(a) for a in scale.get("actors", [])]
+        self.version = int(scale.get("version", -1))
+        self.updates_per_s = float(scale.get("updates_per_s") or 0.0)
+        self.update_s = scale.get("update_s_mean")
+        self.policy_lag = scale.get("policy_lag")
+        self.broadcast_mb = float(scale.get("broadcast_mb") or 0.0)
+        self.updated = time.time()
+        self.changed.emit()
+
+    def state_of(self, a: dict) -> str:
+        if not a.get("alive", True):
+            return f"given up: {a.get('dead', '')}".strip()
+        if a.get("restarting"):
+            return "restarting"
+        return "acting" if a.get("episodes") else "starting"

@@ -8,8 +8,9 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QColor, QTextCharFormat
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QFrame, QHBoxLayout, QLabel, QLineEdit, QMainWindow,
-                               QPlainTextEdit, QPushButton, QTabWidget, QVBoxLayout, QWidget)
+                               QPlainTextEdit, QPushButton, QSpinBox, QTabWidget, QVBoxLayout, QWidget)
 
+from gui.actors_view import ActorsView
 from gui.controller import Controller
 from gui.curve_view import CurvesView
 from gui.live_view import LiveView
@@ -39,6 +40,12 @@ class ControlBar(QFrame):
         self.pause_btn.clicked.connect(ctl.pause)
         self.resume_btn.clicked.connect(ctl.resume)
         self.stop_btn.clicked.connect(ctl.stop)
+        self.actors = QSpinBox(minimum=0, maximum=256, value=ctl.options.actors)
+        self.actors.setToolTip("Ray actors: each acts on its own virtual display with a copy of the policy and sends "
+                               "its episodes to the agent, which learns (0: the single-process loop, with live view, "
+                               "takeover and pause between steps). More options, e.g. --ray-address, go in the agent "
+                               "options.")
+        self.actors.valueChanged.connect(lambda n: setattr(ctl.options, "actors", n))
         self.status = QLabel()
         self.counters = QLabel()
         self.browse_btn = browse
@@ -46,6 +53,8 @@ class ControlBar(QFrame):
         row1.addWidget(QLabel("Agent home"))
         row1.addWidget(self.home, 1)
         row1.addWidget(browse)
+        row1.addWidget(QLabel("Ray actors"))
+        row1.addWidget(self.actors)
         for b in (self.start_btn, self.pause_btn, self.resume_btn, self.stop_btn):
             row1.addWidget(b)
         row2 = QHBoxLayout()
@@ -91,10 +100,12 @@ class ControlBar(QFrame):
         self.stop_btn.setEnabled(st in ("starting", "running", "paused"))
         self.home.setEnabled(not s.alive)
         self.browse_btn.setEnabled(not s.alive)
+        self.actors.setEnabled(not s.alive)
         label = {"idle": "Agent not started", "starting": "Starting the agent…", "running": "Agent running",
                  "paused": "Agent paused", "stopping": "Stopping…", "stopped": "Agent stopped",
                  "finished": "Agent finished its step budget", "crashed": "Agent process died"}[st]
-        self.status.setText(f"<b style='color:{STATUS_COLOURS[st]}'>{label}</b>" + (f" — {s.detail}" if s.detail else ""))
+        on = f" on {s.actors} Ray actors" if s.actors and s.alive else ""
+        self.status.setText(f"<b style='color:{STATUS_COLOURS[st]}'>{label}{on}</b>" + (f" — {s.detail}" if s.detail else ""))
         self.counters.setText(f"{s.env_steps:,} env steps · {s.episodes:,} episodes · {s.updates:,} updates · "
                               f"{s.steps_per_s:.1f} steps/s · {s.updates_per_s:.2f} updates/s")
         self.banner.setVisible(st == "crashed")
@@ -117,8 +128,9 @@ class MainWindow(QMainWindow):
         self.curves = CurvesView(ctl)
         self.tools = ToolsView(ctl)
         self.memory = MemoryView(ctl)
-        for w, name in ((self.tasks, "Tasks"), (self.live, "Live"), (self.curves, "Curves"), (self.tools, "Tools"),
-                        (self.memory, "Memory")):
+        self.actors = ActorsView(ctl)
+        for w, name in ((self.tasks, "Tasks"), (self.live, "Live"), (self.curves, "Curves"), (self.actors, "Actors"),
+                        (self.tools, "Tools"), (self.memory, "Memory")):
             self.tabs.addTab(w, name)
         central = QWidget()
         lay = QVBoxLayout(central)

@@ -16,7 +16,8 @@ def test_squirrel_panel_runs_and_saves_screenshots(tmp_path):
                         "--screenshots", str(tmp_path / "shots")], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "shots").iterdir()) == [
-        "panel-curves.png", "panel-live.png", "panel-memory.png", "panel-tasks.png", "panel-tools.png"]
+        "panel-actors.png", "panel-curves.png", "panel-live.png", "panel-memory.png", "panel-tasks.png",
+        "panel-tools.png"]
     assert (tmp_path / "home" / "agent.db").exists()  # a new home is created
 
 
