@@ -337,6 +337,9 @@ def connect(address: str, actors: int, cfg: ScaleConfig) -> bool:
         return False
     if address:
         _check_reachable(address)
+    import signal
+
+    on_term = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with sys.exit: keep ours (checkpoint, then exit)
     try:
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
@@ -348,6 +351,9 @@ def connect(address: str, actors: int, cfg: ScaleConfig) -> bool:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
         raise UserError(f"could not {where}: {msg}") from None
+    finally:
+        if callable(on_term):
+            signal.signal(signal.SIGTERM, on_term)
     return not address
 
 

@@ -180,3 +180,25 @@ def test_bench_scale_smoke(tmp_path):
     assert single["actors"] == 0 and one["actors"] == 1 and one["env_steps_per_s"] > 0 and one["updates_per_s"] > 0
     assert one["policy_lag"]["max"] >= 0 and one["broadcast_mb"] > 0
     assert res["limits"]["learner_max_steps_per_s"] > 0 and res["limits"]["broadcast_mb_per_version"] > 0
+
+
+def test_sigterm_with_actors_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    """Ray's init replaces SIGTERM's handler with sys.exit; ours (checkpoint, then exit 0) must survive it."""
+    import signal
+
+    cmd = [sys.executable, "-m", "squirrel", "learn", "--tasks", "fake-click", "--steps", "100000", "--home",
+           str(tmp_path), "--no-progress", "--no-tensorboard", "--agent.encoder", TINY, "--agent.rollout", "16",
+           "--curve-every", "16", "--actors", "1", "--scale.object-store-mb", "128"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while not (tmp_path / "curve.json").exists() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.5)
+        assert (tmp_path / "curve.json").exists(), p.stderr.read() if p.poll() is not None else "no curve in time"
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err[-2000:]
+    assert "saving a checkpoint" in out and list((tmp_path / "checkpoints").glob("ckpt-*.safetensors"))
