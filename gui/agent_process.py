@@ -78,8 +78,9 @@ class FakeTasksEnv(gym.Env):
         return self.current.render()
 
 
-def make_env(tasks: list[str], display: str | None):
-    """The gated env the tasks run on: the fake desktop, or the playground on a (virtual) display."""
+def make_env(tasks: list[str], display: str | None, target_window: str = ""):
+    """The gated env the tasks run on: the fake desktop, or the playground on a (virtual) display (one the
+    agent did not start needs `target_window`: every action is confined to it)."""
     from agent.gate import SafetyGate
     from agent.learn_cli import make_task_env
     from gui.tasks import check_assignable, env_kind
@@ -91,7 +92,7 @@ def make_env(tasks: list[str], display: str | None):
         raise UserError(err)
     if env_kind(tasks[0]) == "fake":
         return SafetyGate(FakeTasksEnv())
-    return make_task_env(tasks, display)
+    return make_task_env(tasks, display, target_window)
 
 
 class PanelEnv(gym.Wrapper):
@@ -462,7 +463,7 @@ class AgentWorker:
         if self.actors:
             run = self._start_with_actors(cfg, tasks)
         else:
-            self.gate = make_env(tasks, cfg.display or None)
+            self.gate = make_env(tasks, cfg.display or None, cfg.target_window)
             self.gate.stop = StopFlag(opts.get("stop_file") or None)
             self.gate.stop.clear()
             desktop = getattr(self.gate.unwrapped, "desktop", None)
