@@ -48,7 +48,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from agent.learner import Agent, AgentConfig, EpisodeResult, ObsBatch, SelfImitationBuffer, Step, ppo_batch
+from agent.learner import (Agent, AgentConfig, EpisodeResult, ObsBatch, SelfImitationBuffer, Step, greedy_episodes,
+                           ppo_batch)
 from agent.recall import Recall
 from squirrel.errors import UserError
 from trainer.ppo import ppo_update
@@ -209,17 +210,7 @@ class EpisodeActor:
         """Greedy episodes on fixed seeds, not learned from: (successes, env steps)."""
         try:
             self._load(weights, version)
-            wins = steps = 0
-            for seed in seeds:
-                obs, _ = self.env.reset(seed=seed, options={"task": task})
-                while True:
-                    a = self.agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]), greedy=True)[0]
-                    obs, _, terminated, truncated, info = self.env.step(self.agent.policy.to_action(a))
-                    steps += 1
-                    if terminated or truncated:
-                        wins += bool(info.get("success"))
-                        break
-            return wins, steps
+            return greedy_episodes(self.agent, self.env, task, seeds)
         except Exception:
             traceback.print_exc()
             sys.stderr.flush()

@@ -308,20 +308,10 @@ class Learner:
             if len(self.buffer) >= self.cfg.rollout:
                 self._update()
 
-    @torch.no_grad()
     def evaluate(self, task: str, episodes: int, seed: int = 1_000_000) -> tuple[float, int]:
         """Greedy episodes of `task` on fixed seeds (the same screens every time): (success rate, env steps).
         Nothing is learned from them and they do not count as training steps. Call between episodes."""
-        wins = steps = 0
-        for i in range(episodes):
-            obs, _ = self.env.reset(seed=seed + i, options={"task": task})
-            while True:
-                a = self.agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]), greedy=True)[0]
-                obs, _, terminated, truncated, info = self.env.step(self.agent.policy.to_action(a))
-                steps += 1
-                if terminated or truncated:
-                    wins += bool(info.get("success"))
-                    break
+        wins, steps = greedy_episodes(self.agent, self.env, task, range(seed, seed + episodes))
         return wins / max(episodes, 1), steps
 
     def judge(self, episode: int, good: bool) -> EpisodeResult | None:
@@ -363,6 +353,22 @@ class Learner:
         info = dict(self.last_losses, updates=self.updates, env_steps=self.env_steps)
         if any(cb(info) is False for cb in self.update_callbacks):
             self.stop_requested = True
+
+
+@torch.no_grad()
+def greedy_episodes(agent: Agent, env, task: str, seeds) -> tuple[int, int]:
+    """The policy's best guess, no exploration, one episode per seed: (successes, env steps). Not learned from."""
+    wins = steps = 0
+    for seed in seeds:
+        obs, _ = env.reset(seed=int(seed), options={"task": task})
+        while True:
+            a = agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]), greedy=True)[0]
+            obs, _, terminated, truncated, info = env.step(agent.policy.to_action(a))
+            steps += 1
+            if terminated or truncated:
+                wins += bool(info.get("success"))
+                break
+    return wins, steps
 
 
 def ppo_batch(agent: Agent, steps: list[Step], finals: dict[int, tuple[float, torch.Tensor]],

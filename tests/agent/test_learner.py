@@ -179,7 +179,7 @@ def test_with_memory_successes_are_recalled_and_the_policy_learns_to_trust_them(
         lambda r: recalled.append(max(s.match.shape[0] - len(r.instruction.split()) for s in r.transitions)))
     run.loop()
     n_memory = len(run.agent.recall.memory)
-    gain = float(run.agent.policy.recall_gain)
+    gain = float(run.agent.policy.recall_gain.detach())
     run.close()
     assert n_memory > 20 and max(recalled[-50:]) >= 1  # successes were written, and later decisions recalled them
     assert gain > 0.05, gain  # recalled targets were where success was: the policy came to trust them
