@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"squirrel: unknown command {cmd!r}.\n\n{_usage()}", file=sys.stderr)
         return 2
-    # SIGTERM behaves like Ctrl-C, so every command's cleanup (displays, checkpoints) runs.
+    # SIGTERM behaves like Ctrl-C, so every command's cleanup (displays, checkpoints) runs; and SIGINT stops us
+    # even when we were started with it ignored (nohup, `cmd &` from a script): a stop must always work.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return int(_load(target)(rest, prog) or 0)
     except UserError as e:
