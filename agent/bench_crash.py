@@ -27,11 +27,11 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agent.home import scratch_home
 from squirrel.errors import UserError
 
 PHASES = ("acting", "learning", "checkpointing", "mining")
@@ -256,14 +256,8 @@ def main(argv: list[str], prog: str) -> int:
     cfg = parse(BenchCrashConfig, argv, prog)
     if cfg.kills < 1:
         raise UserError("--kills must be at least 1")
-    home = Path(cfg.home) if cfg.home else Path(tempfile.mkdtemp(prefix="squirrel-crash-"))
-    try:
+    with scratch_home(cfg.home, "squirrel-crash-") as home:
         result = run(cfg, home, log=print)
-    finally:
-        if not cfg.home:
-            import shutil
-
-            shutil.rmtree(home, ignore_errors=True)
     if cfg.json:
         Path(cfg.json).write_text(json.dumps(result, indent=1))
     c = result["counts"]

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.bench_crash import descendants, kill_tree
+from agent.home import scratch_home
 from squirrel.errors import UserError
 
 
@@ -120,14 +121,8 @@ def main(argv: list[str], prog: str) -> int:
     cfg = parse(BenchSoakConfig, argv, prog)
     if cfg.minutes <= 0 or cfg.sample_s <= 0:
         raise UserError("--minutes and --sample-s must be positive")
-    home = Path(cfg.home) if cfg.home else Path(tempfile.mkdtemp(prefix="squirrel-soak-"))
-    try:
+    with scratch_home(cfg.home, "squirrel-soak-") as home:
         result = run(cfg, home)
-    finally:
-        if not cfg.home:
-            import shutil
-
-            shutil.rmtree(home, ignore_errors=True)
     if cfg.json:
         Path(cfg.json).write_text(json.dumps(result, indent=1))
     v = result["trends"]

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from squirrel.errors import UserError
@@ -60,3 +64,14 @@ class HomeLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextmanager
+def scratch_home(path: str, prefix: str) -> Iterator[Path]:
+    """`path` as a home, or (empty) a temporary one that is deleted afterwards (benchmarks' own runs)."""
+    home = Path(path) if path else Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield home
+    finally:
+        if not path:
+            shutil.rmtree(home, ignore_errors=True)
