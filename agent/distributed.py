@@ -385,7 +385,7 @@ class DistributedLearner:
         self.agent, self.tasks, self.cfg = agent, list(tasks), agent.cfg
         self.scale = scale or ScaleConfig()
         self.rng = np.random.default_rng(seed)
-        self.sil = SelfImitationBuffer(self.cfg.sil_capacity, self.cfg.gamma)
+        self.sil = SelfImitationBuffer(self.cfg.sil_capacity, self.cfg.gamma, self.cfg.replay == "balanced")
         self.env_steps = self.episodes = self.updates = 0
         self.buffer: list[Step] = []
         self._finals: dict[int, tuple[float, torch.Tensor]] = {}
@@ -583,7 +583,7 @@ class DistributedLearner:
             self._finals[len(self.buffer) - 1] = ep.final
             self._versions.extend([ep.version] * len(ep.steps))
             if ep.success:
-                self.sil.add_episode(ep.steps)
+                self.sil.add_episode(ep.steps, ep.task)
         res = EpisodeResult(task=ep.task, success=ep.success, ret=ep.ret, steps=len(ep.steps), env_steps=self.env_steps,
                             episode=self.episodes, seed=ep.seed, instruction=ep.instruction, transitions=ep.steps)
         if any(cb(res) is False for cb in self.episode_callbacks):
@@ -595,6 +595,7 @@ class DistributedLearner:
         t0 = time.perf_counter()
         self.last_losses = ppo_update(self.agent, self.agent.world_model, self.agent.optimizer, batch, self.cfg.ppo,
                                       self.sil.sample if len(self.sil) >= self.cfg.ppo.sil_batch else None)
+        self.agent.plasticity()
         self.last_losses["update_s"] = time.perf_counter() - t0
         self.update_s.append(self.last_losses["update_s"])
         self.updates += 1

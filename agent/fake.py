@@ -91,3 +91,31 @@ class FakeDesktopEnv(gym.Env):
 
     def _obs(self):
         return {"screen": self.frame.copy(), "instruction": self.instruction, "cursor": np.array([-1, -1], np.int64)}
+
+
+class FakeTasksEnv(gym.Env):
+    """fake-click and fake-type on one display-free desktop; reset(options={"task": ...}) picks one."""
+
+    def __init__(self):
+        self.envs = {"fake-click": FakeDesktopEnv("click", n_boxes=1, box=48), "fake-type": FakeDesktopEnv("type")}
+        self.current = self.envs["fake-click"]
+        self.observation_space, self.action_space = self.current.observation_space, self.current.action_space
+
+    def window_rect(self):
+        return self.current.window_rect()
+
+    def reset(self, *, seed=None, options=None):
+        task = (options or {}).get("task", "fake-click")
+        if task not in self.envs:
+            raise ValueError(f"the fake desktop runs {', '.join(self.envs)}, not {task!r}")
+        self.current = self.envs[task]
+        return self.current.reset(seed=seed, options=options)
+
+    def step(self, action):
+        return self.current.step(action)
+
+    def skip_step(self, reason: str):
+        return self.current.skip_step(reason)
+
+    def render(self):
+        return self.current.render()

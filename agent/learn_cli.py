@@ -54,6 +54,10 @@ class LearnConfig:
     policy's best guess without exploration; not learned from, not counted as training steps."""
     eval_episodes: int = 20
     """Episodes per task in each greedy evaluation."""
+    stage_steps: int = 0
+    """Learn the tasks one after another (a task stream, in the order given), this many env steps each, and after
+    every stage evaluate all the tasks greedily (--eval-episodes each); --steps becomes tasks x this.
+    0: the tasks interleaved, one episode each in turn."""
     db_budget_mb: float = 1024.0
     """Keep the agent database under this size: past it, the oldest decided episodes and their steps are deleted
     (episodic memory entries, tools and pending episodes stay). 0: keep everything."""
@@ -139,13 +143,13 @@ def _task_env(tasks: list[str], display: str | None):
     from agent.registration import PLAYGROUND_TASKS, make_env
 
     if all(t.startswith("fake-") for t in tasks):  # the display-free fake desktop (tests, CI smoke runs)
-        from agent.fake import FakeDesktopEnv
+        from agent.fake import FakeTasksEnv
         from agent.gate import SafetyGate
 
-        kind = tasks[0][len("fake-"):]
-        if kind not in ("click", "type") or len(set(tasks)) > 1:
-            raise UserError("fake tasks: use exactly one of fake-click or fake-type")
-        return SafetyGate(FakeDesktopEnv(kind, n_boxes=1, box=48) if kind == "click" else FakeDesktopEnv(kind))
+        unknown = [t for t in tasks if t not in ("fake-click", "fake-type")]
+        if unknown:
+            raise UserError(f"the fake desktop runs fake-click and fake-type, not {unknown[0]}")
+        return SafetyGate(FakeTasksEnv())
     if any(t.startswith("miniwob-") for t in tasks):  # MiniWoB++ in Chromium on its own display
         from agent.tasks.miniwob import make_miniwob_env, task_name
 
@@ -218,6 +222,9 @@ class LearnRun:
         self.t0 = time.time()
         self._last_ckpt = self._last_eval = 0
         self._pending_db: dict[int, int] = {}  # database episode id -> learner episode, waiting for a person
+        self.stages: list[dict] = []  # --stage-steps: per finished stage, its task, end and every task's greedy success
+        if cfg.stage_steps:
+            cfg.steps = cfg.stage_steps * len(tasks)
 
     def start(self) -> None:
         import torch
@@ -252,8 +259,11 @@ class LearnRun:
                 restore(tensors, meta, self.agent.modules(), self.agent.optimizer)
                 self.learner.load_counters(meta["counters"])
                 self.curve.load(meta["counters"]["curve"])
+                self.stages = meta["counters"].get("stages", [])
                 self._last_ckpt = self._last_eval = self.learner.env_steps
                 print(f"squirrel: resumed from {path.name} at {self.learner.env_steps} env steps")
+        if self.cfg.stage_steps:  # a task stream: the stage's task only
+            self.learner.tasks = [self.tasks[min(len(self.stages), len(self.tasks) - 1)]]
         self.learner.episode_callbacks.append(self._on_episode)
         self.learner.update_callbacks.append(self._on_update)
         if self.cfg.tensorboard:
@@ -277,7 +287,27 @@ class LearnRun:
 
     def loop(self) -> None:
         self.learner.run(self.cfg.steps)
+        if self.cfg.stage_steps and len(self.stages) < len(self.tasks) and not self.learner.stop_requested:
+            self.end_stage(self.learner.env_steps)  # the last stage ran out of steps mid-episode
         self.save()
+
+    def end_stage(self, env_steps: int) -> None:
+        """A task stream's stage is over: every task's greedy success now, then the next task."""
+        done = self.tasks[len(self.stages)]
+        rates = {}
+        for task in dict.fromkeys(self.tasks):
+            rates[task], steps = self.learner.evaluate(task, self.cfg.eval_episodes)
+            self.curve.eval_steps += steps
+            if self.writer:
+                self.writer.add_scalar(f"stage_success/{task}", rates[task], env_steps)
+        self.stages.append({"task": done, "env_steps": env_steps, "eval": rates})
+        if len(self.stages) < len(self.tasks):
+            self.learner.tasks = [self.tasks[len(self.stages)]]
+            self.learner._obs = None  # the evaluation used the desktop: start a fresh episode of the new task
+        if self.bar:
+            self.bar.write(f"stage {len(self.stages)} ({done}) done at {env_steps} steps; greedy success: "
+                           + ", ".join(f"{t} {v:.2f}" for t, v in rates.items()))
+        self.write_curve()
 
     def _record(self, r) -> None:
         """The episode and its steps into the agent's database (episodes survive a crash once written); an
@@ -344,6 +374,9 @@ class LearnRun:
         if self.bar:
             self.bar.update(r.env_steps - self.bar.n)
             self.bar.set_postfix({t[:12]: f"{self.curve.rate(t):.2f}" for t in self.tasks}, refresh=False)
+        if self.cfg.stage_steps and r.env_steps >= (len(self.stages) + 1) * self.cfg.stage_steps \
+                and len(self.stages) < len(self.tasks):
+            self.end_stage(r.env_steps)
         if self.cfg.eval_every and r.env_steps // self.cfg.eval_every > self._last_eval // self.cfg.eval_every:
             self.evaluate(r.env_steps)
         if r.env_steps - self._last_ckpt >= self.cfg.checkpoint_every:
@@ -372,7 +405,7 @@ class LearnRun:
     def save(self) -> None:
         from trainer.checkpoint import save_checkpoint
 
-        counters = dict(self.learner.counters(), curve=self.curve.state())
+        counters = dict(self.learner.counters(), curve=self.curve.state(), stages=self.stages)
         save_checkpoint(self.home / "checkpoints", self.learner.env_steps, self.agent.modules(), self.agent.optimizer,
                         {"learn": asdict(self.cfg), "tasks": self.tasks}, counters)
         self._last_ckpt = self.learner.env_steps
@@ -382,6 +415,8 @@ class LearnRun:
         info = {"runs": self.curve.runs(self.agent_name, self.cfg.seed), "env_steps": self.learner.env_steps,
                 "eval_env_steps": self.curve.eval_steps,
                 "updates": self.learner.updates, "seconds": time.time() - self.t0}
+        if self.cfg.stage_steps:
+            info.update(stage_steps=self.cfg.stage_steps, stages=self.stages)
         if self.cfg.actors:  # the actors and their rates, the learner's rate, the policy lag
             info["scale"] = self.learner.status()
         return info

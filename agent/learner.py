@@ -25,8 +25,10 @@ from agent.actions import KEYS, ActionType
 from agent.instruction import InstructionCache
 from agent.policy import N_TYPES, POINTER_IDS, ActionBatch, Policy
 from agent.recall import MAP_SHAPE
+from squirrel.errors import UserError
 from trainer.batches import Evaluation, PPOBatch, SILBatch
 from trainer.gae import gae
+from trainer.plasticity import ShrinkPerturb
 from trainer.ppo import PPOConfig, ppo_update
 from trainer.world_model import WorldModel
 
@@ -68,6 +70,12 @@ class AgentConfig:
     not a cut-off to bootstrap past."""
     sil_capacity: int = 4000
     """Steps of the agent's own successful episodes kept for self-imitation."""
+    replay: str = "recent"
+    """Which successes self-imitation replays: recent (the newest, whatever their task) or balanced (every task
+    keeps a share and is sampled evenly: CLEAR-style rehearsal of earlier tasks against forgetting)."""
+    plasticity: float = 0.0
+    """Shrink-and-perturb after every update (0: off): each weight matrix shrinks by this fraction and gets fresh
+    noise of its initial scale (trainer/plasticity.py), so units that stopped learning can learn again later."""
     threads: int = 1
     """torch CPU threads (1 is faster than 2 when anything else shares the cores)."""
     fusion_layers: int = 1
@@ -86,6 +94,8 @@ class Agent:
     def __init__(self, cfg: AgentConfig, text_encoder=None):
         from perception.encoder import create_encoder
 
+        if cfg.replay not in ("recent", "balanced"):
+            raise UserError(f"--agent.replay {cfg.replay!r}: use recent or balanced")
         torch.set_num_threads(cfg.threads)
         self.cfg = cfg
         encoder = create_encoder(cfg.encoder, cfg.pretrained or None, freeze=cfg.freeze_encoder)
@@ -102,6 +112,7 @@ class Agent:
                 if p.requires_grad and all(p is not g for g in gains)]
         groups = [{"params": rest}] + ([{"params": gains, "lr": cfg.gain_lr}] if gains else [])
         self.optimizer = torch.optim.Adam(groups, lr=cfg.ppo.lr, eps=1e-5)
+        self.plasticity = ShrinkPerturb([self.policy, self.world_model], cfg.plasticity)  # after every update
         self.instructions = InstructionCache(text_encoder)
         self.recall = None  # an agent.recall.Recall when cfg.memory (set by whoever owns the database)
 
@@ -182,26 +193,59 @@ def _cat_actions(actions: list[ActionBatch]) -> ActionBatch:
 
 
 class SelfImitationBuffer:
-    """The agent's own successful episodes: (frame, instruction, action, discounted return)."""
+    """The agent's own successful episodes: (frame, instruction, action, discounted return), per task.
 
-    def __init__(self, capacity: int, gamma: float):
-        self.items: deque = deque(maxlen=capacity)
-        self.gamma = gamma
+    Not balanced: the most recent successful steps, whatever their task (a new task's successes push an earlier
+    task's out). Balanced (CLEAR-style replay against forgetting): every task keeps a share of the capacity (the
+    task holding most steps gives up its oldest when full) and samples are drawn evenly across tasks, so what the
+    agent learned on an earlier task keeps being rehearsed while it learns a new one.
+    """
 
-    def add_episode(self, steps: list[Step]) -> None:
+    def __init__(self, capacity: int, gamma: float, balanced: bool = False):
+        self.capacity, self.gamma, self.balanced = capacity, gamma, balanced
+        self.queues: dict[str, deque] = {}
+        self._order: deque = deque()  # task of every stored step, oldest first (not balanced)
+
+    def add_episode(self, steps: list[Step], task: str = "") -> None:
         g = 0.0
+        rows = []
         for s in reversed(steps):
             g = s.reward + self.gamma * g
-            self.items.append((s.frame, s.instruction, s.action, g, s.match))
+            rows.append((s.frame, s.instruction, s.action, g, s.match))
+        q = self.queues.setdefault(task, deque())
+        for r in reversed(rows):
+            q.append(r)
+            self._order.append(task)
+        while len(self) > self.capacity:
+            if self.balanced:
+                self.queues[max(self.queues, key=lambda t: len(self.queues[t]))].popleft()
+            else:
+                self.queues[self._order.popleft()].popleft()
+        if self.balanced:
+            self._order.clear()
 
     def __len__(self) -> int:
-        return len(self.items)
+        return sum(len(q) for q in self.queues.values())
+
+    def task_counts(self) -> dict[str, int]:
+        return {t: len(q) for t, q in self.queues.items() if q}
 
     def sample(self, n: int) -> SILBatch | None:
-        if len(self.items) < n:
+        if len(self) < n:
             return None
-        idx = np.random.randint(0, len(self.items), n)
-        rows = [self.items[i] for i in idx]
+        if self.balanced:  # a task uniformly, then one of its steps
+            tasks = [t for t, q in self.queues.items() if q]
+            picks = np.random.randint(0, len(tasks), n)
+            rows = [self.queues[tasks[k]][np.random.randint(len(self.queues[tasks[k]]))] for k in picks]
+        else:
+            flat = [q for q in self.queues.values() if q]
+            sizes = np.array([len(q) for q in flat])
+            idx = np.random.randint(0, sizes.sum(), n)
+            bounds = np.cumsum(sizes)
+            rows = []
+            for i in idx:
+                k = int(np.searchsorted(bounds, i, side="right"))
+                rows.append(flat[k][i - (bounds[k - 1] if k else 0)])
         match = [r[4] for r in rows] if all(r[4] is not None for r in rows) else None
         return SILBatch(ObsBatch(np.stack([r[0] for r in rows]), [r[1] for r in rows], match),
                         _cat_actions([r[2] for r in rows]), torch.tensor([r[3] for r in rows], dtype=torch.float32))
@@ -228,7 +272,7 @@ class Learner:
         self.agent, self.env, self.tasks = agent, env, list(tasks)
         self.cfg = agent.cfg
         self.rng = np.random.default_rng(seed)
-        self.sil = SelfImitationBuffer(self.cfg.sil_capacity, self.cfg.gamma)
+        self.sil = SelfImitationBuffer(self.cfg.sil_capacity, self.cfg.gamma, self.cfg.replay == "balanced")
         self.env_steps = self.episodes = self.updates = 0
         self.buffer: list[Step] = []
         self._finals: dict[int, tuple[float, torch.Tensor]] = {}  # buffer index -> final obs (value, state)
@@ -301,7 +345,7 @@ class Learner:
                 else:  # a person's task that ended on its own (a timeout): learn from it now
                     self._insert_episode(self.episode_steps, final)
                 if success:
-                    self.sil.add_episode(self.episode_steps)
+                    self.sil.add_episode(self.episode_steps, self._task)
                 if any(cb(res) is False for cb in self.episode_callbacks):
                     self.stop_requested = True
                 self._reset()
@@ -327,7 +371,7 @@ class Learner:
         res.success, res.ret, res.transitions = good, res.ret + (1.0 if good else -1.0), steps
         self._insert_episode(steps, final)
         if good:
-            self.sil.add_episode(steps)
+            self.sil.add_episode(steps, res.task)
         return res
 
     def _insert_episode(self, steps: list[Step], final: tuple[float, torch.Tensor]) -> None:
@@ -347,6 +391,7 @@ class Learner:
         self.last_losses = ppo_update(self.agent, self.agent.world_model, self.agent.optimizer, batch, self.cfg.ppo,
                                       self.sil.sample if len(self.sil) >= self.cfg.ppo.sil_batch else None,
                                       should_stop=lambda: self.stop_requested)
+        self.agent.plasticity()
         self.last_losses["update_s"] = time.perf_counter() - t0
         self.updates += 1
         self.buffer, self._finals, self._cur_start = [], {}, 0

@@ -48,50 +48,17 @@ class Stopped(Exception):
     """The panel asked the agent to stop: leave the loop without acting again."""
 
 
-class FakeTasksEnv(gym.Env):
-    """fake-click and fake-type on one display-free desktop; reset(options={"task": ...}) picks one."""
-
-    def __init__(self):
-        from agent.fake import FakeDesktopEnv
-
-        self.envs = {"fake-click": FakeDesktopEnv("click", n_boxes=1, box=48), "fake-type": FakeDesktopEnv("type")}
-        self.current = self.envs["fake-click"]
-        self.observation_space, self.action_space = self.current.observation_space, self.current.action_space
-
-    def window_rect(self):
-        return self.current.window_rect()
-
-    def reset(self, *, seed=None, options=None):
-        task = (options or {}).get("task", "fake-click")
-        if task not in self.envs:
-            raise ValueError(f"the fake desktop runs {', '.join(self.envs)}, not {task!r}")
-        self.current = self.envs[task]
-        return self.current.reset(seed=seed, options=options)
-
-    def step(self, action):
-        return self.current.step(action)
-
-    def skip_step(self, reason: str):
-        return self.current.skip_step(reason)
-
-    def render(self):
-        return self.current.render()
-
-
 def make_env(tasks: list[str], display: str | None, target_window: str = ""):
     """The gated env the tasks run on: the fake desktop, or the playground on a (virtual) display (one the
     agent did not start needs `target_window`: every action is confined to it)."""
-    from agent.gate import SafetyGate
     from agent.learn_cli import make_task_env
-    from gui.tasks import check_assignable, env_kind
+    from gui.tasks import check_assignable
 
     err = check_assignable(tasks)
     if err:
         from squirrel.errors import UserError
 
         raise UserError(err)
-    if env_kind(tasks[0]) == "fake":
-        return SafetyGate(FakeTasksEnv())
     return make_task_env(tasks, display, target_window)
 
 
@@ -265,7 +232,7 @@ class AgentWorker:
             return
         r = self.recent.get(episode_id)
         if good and not was_pending and r is not None and r.transitions:
-            self.run.learner.sil.add_episode(r.transitions)
+            self.run.learner.sil.add_episode(r.transitions, r.task)
         self.send("verdict", episode_id, good)
 
     def heat(self) -> np.ndarray | None:
@@ -382,7 +349,7 @@ class AgentWorker:
         if success:
             self.run.learner.sil.add_episode([
                 Step(o["screen"], instruction, b, 0.0, 0.0, r, term, trunc, ev.state[i], ev.action_features[i], True)
-                for i, ((o, _, r, term, trunc), b) in enumerate(zip(trail, batches))])
+                for i, ((o, _, r, term, trunc), b) in enumerate(zip(trail, batches))], task)
         return eid
 
     # -- the live view's frames ------------------------------------------------------------------------

@@ -29,6 +29,7 @@ BENCH: dict[str, tuple[str, str]] = {
     "latency": ("agent.bench_latency:main", "decision latency (capture to action) and the learning loop's steps/s"),
     "memory": ("memory.bench:main", "kNN query latency, insert throughput, database size"),
     "learn": ("agent.bench_learn:main", "learning curves: squirrel vs random vs SB3 PPO"),
+    "continual": ("agent.bench_continual:main", "tasks learned in sequence: final success, forgetting, transfer"),
     "miniwob": ("agent.tasks.bench_miniwob:main", "MiniWoB++ in Chromium: learning curves from scratch, steps/s, reset ms"),
     "crash": ("agent.bench_crash:main", "kill -9 `squirrel learn` in every phase, resume: integrity, nothing lost"),
     "soak": ("agent.bench_soak:main", "a long learning run: RSS, database size and open files sampled, trend after warm-up"),

@@ -4,6 +4,7 @@ summed, and one optimiser step over every module (encoder included). Reads top t
     batch (B samples) -> model.evaluate -> logp, entropy, value, state, action features
     ppo   = -min(r*A, clip(r)*A) + vf_coef*(V-R)^2 - ent_coef*H          r = exp(logp - old_logp)
     sil   = -logp*max(R-V,0) + 0.5*sil_vf*max(R-V,0)^2                   (own successful steps)
+    bc    = -logp                                                        (the same steps, bc_coef > 0)
     wm    = (1 - cos(pred_next, next_state)) + BCE(change_logit, changed)
 """
 
@@ -36,6 +37,9 @@ class PPOConfig:
     """Weight of self-imitation on the agent's own successes (0: off)."""
     sil_batch: int = 16
     """Self-imitation samples added to each optimiser step."""
+    bc_coef: float = 0.0
+    """Weight of plain behaviour cloning on those replayed successes (CLEAR's cloning term: it keeps an earlier
+    task's actions even where the value estimate no longer says they beat it; 0: off)."""
     wm_coef: float = 0.5
     """Weight of the world-model loss."""
     max_grad_norm: float = 0.5
@@ -64,6 +68,10 @@ def ppo_step(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, bat
         sil_loss = -(ev_s.logp * gap.detach()).mean() + 0.5 * 0.01 * (gap ** 2).mean()
         loss = loss + cfg.sil_coef * sil_loss
         out["sil"] = float(sil_loss.detach())
+        if cfg.bc_coef > 0:
+            bc = -ev_s.logp.mean()
+            loss = loss + cfg.bc_coef * bc
+            out["bc"] = float(bc.detach())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for g in opt.param_groups for p in g["params"]]
