@@ -52,3 +52,37 @@ def test_recall_remembers_successes_in_episodic_memory_by_goal(tmp_path):
     with AgentDB.open(tmp_path) as db:  # it is in the database: a restarted agent remembers
         (m,) = Recall(EpisodicMemory(db, key_dim=8)).maps(new[None], ["red"], red_goal[None])
         assert float(m.float().max()) > 0.9
+
+
+def test_recalled_targets_change_the_policy_output_by_the_learned_trust():
+    """Memory enters the policy: a remembered target's map moves the point distribution there, as much as
+    the learned recall gain says (0: no effect)."""
+    from pathlib import Path
+
+    from agent.learner import Agent, AgentConfig, ObsBatch
+
+    torch.manual_seed(0)
+    tiny = str(Path(__file__).parents[1] / "fixtures" / "tiny-encoder.json")
+    agent = Agent(AgentConfig(encoder=tiny, threads=1, reading=False, memory=True))
+    frame = boxes({RED: (20, 20), BLUE: (120, 100)})
+    remembered = torch.zeros(1, *MAP_SHAPE, dtype=torch.float16)
+    cy, cx = (120 + 12) // CELL, (100 + 12) // CELL
+    remembered[0, cy, cx] = 1.0  # memory says: the blue box's centre
+    with_memory = ObsBatch(frame[None], ["Click the box."], [remembered])
+    without = ObsBatch(frame[None], ["Click the box."], [remembered[:0]])
+
+    @torch.no_grad()
+    def point_probs(obs):
+        o, _ = agent._forward(obs)
+        return torch.softmax(o.patch_logits[0], -1)
+
+    assert torch.allclose(point_probs(with_memory), point_probs(without))  # gain 0: memory not trusted yet
+    with torch.no_grad():
+        agent.policy.recall_gain.fill_(8.0)
+    p, base = point_probs(with_memory), point_probs(without)
+    gw = agent.policy.grid[1]
+    target_patch = (cy // (16 // CELL)) * gw + cx // (16 // CELL)  # 16-px patches, 4-px cells
+    assert int(p.argmax()) == target_patch and float(p[target_patch]) > 5 * float(base[target_patch])
+    a, *_ = agent.act(with_memory, greedy=True)
+    action = agent.policy.to_action(a)
+    assert abs(action.x - (100 + 12)) <= 8 and abs(action.y - (120 + 12)) <= 8
