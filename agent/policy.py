@@ -106,6 +106,15 @@ def _small_stem(channels: int = 32) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(3, channels // 2, 3, 2, 1), nn.GELU(), nn.Conv2d(channels // 2, channels, 3, 2, 1), nn.GELU())
 
 
+def reading_stem(encoder: nn.Module) -> tuple[nn.Module, int]:
+    """The stride-4 feature stem the learned matcher reads with, and its channels: the encoder's own conv stem
+    (shared weights) when it has one, else a small separate stem."""
+    conv1 = getattr(encoder.visual, "conv1", None)
+    if isinstance(conv1, nn.Sequential) and len(conv1) >= 4:
+        return conv1[:4], conv1[2].out_channels
+    return _small_stem(), 32
+
+
 class Policy(nn.Module):
     def __init__(self, encoder: nn.Module, text_dim: int = 384, layers: int = 2, heads: int = 4, reading: bool = True,
                  learned_matcher: bool = False, recall: bool = False):
@@ -136,14 +145,30 @@ class Policy(nn.Module):
             self.word_select = nn.Linear(D, 1)
             self.match_gain = nn.Parameter(torch.tensor(4.0))
             self.density_gain = nn.Parameter(torch.tensor(0.0))  # learns how to treat the instruction's own text
+        # the fixed pixel-space word match (agent/reading.py); off: the learned matcher is the only visual query
+        self.pixel_match = True
         if self.learned_matcher:
-            conv1 = getattr(encoder.visual, "conv1", None)
-            if isinstance(conv1, nn.Sequential) and len(conv1) >= 4:  # the encoder's own conv stem, shared
-                stem, ch = conv1[:4], conv1[2].out_channels
-            else:
-                stem, ch = _small_stem(), 32
-            self.matcher = ReadingMatcher(stem, ch)
+            prior = getattr(encoder, "extras", {})  # a reading prior from `squirrel pretrain` (agent/pretrain.py)
+            stem, ch = reading_stem(encoder)
+            channels = prior["proj.weight"].shape[0] if "proj.weight" in prior else 8
+            self.matcher = ReadingMatcher(stem, ch, channels)
             self.learned_gain = nn.Parameter(torch.tensor(0.3))
+            self._prior_gain = 1.0  # learned_gain when the learned matcher is the only visual query
+            if "proj.weight" in prior and prior["proj.weight"].shape == self.matcher.proj.weight.shape:
+                self.matcher.proj.load_state_dict({"weight": prior["proj.weight"], "bias": prior["proj.bias"]})
+                if "scale" in prior:  # the sharpness pretraining found for the match: start the gain there
+                    self._prior_gain = prior["scale"].item() / self.match_gain.item()
+
+    def use_pixel_match(self, on: bool) -> "Policy":
+        """Turn the fixed pixel-space word match on or off (off needs the learned matcher, which then gets the
+        whole match weight: learned_gain 1, or the sharpness a pretrained prior found)."""
+        if not on and not self.learned_matcher:
+            raise ValueError("without the pixel match the policy needs learned_matcher=True to read")
+        self.pixel_match = on
+        if self.learned_matcher:
+            with torch.no_grad():
+                self.learned_gain.fill_(0.3 if on else self._prior_gain)
+        return self
 
     def forward(self, x: torch.Tensor, instr: dict[str, torch.Tensor]) -> PolicyOutput:
         """x: preprocessed screens (B,3,H,W); instr: InstructionCache.batch() plus 'word_x' (B,K,3,16,96)."""
@@ -165,14 +190,14 @@ class Policy(nn.Module):
         patch_logits, sub_logits = pl[..., 0], pl[..., 1:]
         match = torch.zeros(B, N, SUB * SUB)
         if self.reading:
-            r = instr["match"]  # (B,K,h,w): each word's template match, per 4 px cell (agent/reading.py)
+            r = instr["match"] if self.pixel_match else 0.0  # (B,K,h,w): each word's template match, per 4 px cell
             if self.learned_matcher:
                 r = r + self.learned_gain * self.matcher(x, instr["word_x"], instr["word_widths"], mask)
             sel = self.word_select(w_out)[..., 0].masked_fill(~mask, neg).softmax(-1)  # (B,K) which word to find
             m = torch.einsum("bk,bkhw->bhw", sel, r)  # (B,h,w)
             gh, gw = self.grid
             match = m[:, : gh * SUB, : gw * SUB].reshape(B, gh, SUB, gw, SUB).permute(0, 1, 3, 2, 4).reshape(B, N, SUB * SUB)
-            dens = instruction_density(instr["match"], mask)  # (B,h,w): where the instruction itself is shown
+            dens = instruction_density(instr["match"] if self.pixel_match else r, mask)  # (B,h,w): where the instruction is shown
             dens = dens[:, : gh * SUB, : gw * SUB].reshape(B, gh, SUB, gw, SUB).permute(0, 1, 3, 2, 4).reshape(B, N, SUB * SUB)
             sub_logits = sub_logits + self.match_gain * match + self.density_gain * dens
             patch_logits = patch_logits + (self.match_gain * match + self.density_gain * dens).amax(-1)
@@ -189,7 +214,7 @@ class Policy(nn.Module):
     def prepare(self, frames, instr: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """uint8 frames (B,H,W,3) and InstructionCache.batch() -> forward()'s inputs."""
         x = self.encoder.preprocess(frames)
-        if self.reading and "match" not in instr:
+        if self.reading and self.pixel_match and "match" not in instr:
             from agent.reading import match_maps
 
             args = (frames, instr["word_pixels"], instr["word_widths"], instr["word_mask"])

@@ -78,6 +78,7 @@ class ScreenEncoder(nn.Module):
             self.visual.conv1 = _conv_stem(list(config["conv_stem"]), self.dim, self.patch_size)
         pp = config.get("preprocess_cfg", {})
         self.mean, self.std = tuple(pp.get("mean", MEAN)), tuple(pp.get("std", STD))
+        self.extras: dict[str, torch.Tensor] = {}  # non-encoder weights that came with a pretrained file
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled, tokens = self.visual(x)  # (B,pooled_dim), (B,N,dim)
@@ -88,8 +89,22 @@ class ScreenEncoder(nn.Module):
         return preprocess(frames, self.image_size, self.mean, self.std, resize=resize)
 
 
-def create_encoder(name: str | None = None, pretrained: str | None = None, freeze: bool = False) -> ScreenEncoder:
-    """Build encoder `name` (a config name or a .json path; default DEFAULT_ENCODER)."""
+def prior_dir() -> Path:
+    """Where `squirrel pretrain` keeps the priors it makes: $SQUIRREL_CACHE/pretrain (default ~/.cache/squirrel)."""
+    return Path(os.environ.get("SQUIRREL_CACHE") or "~/.cache/squirrel").expanduser() / "pretrain"
+
+
+def find_prior(name: str) -> str:
+    """The newest prior `squirrel pretrain` made for encoder `name` (what pretrained="auto" loads)."""
+    stem = Path(name).stem if name.endswith(".json") else name
+    found = sorted(prior_dir().glob(f"{stem}-*.safetensors"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError(f"no pretrained prior for encoder {stem} in {prior_dir()}; run `squirrel pretrain --encoder {name}` first")
+    return str(found[-1])
+
+
+def encoder_config(name: str | None = None) -> dict:
+    """The config dict of encoder `name` (a config name or a .json path; default DEFAULT_ENCODER)."""
     name = name or DEFAULT_ENCODER
     if name.endswith(".json") and os.path.isfile(name):
         config = json.loads(Path(name).read_text())
@@ -97,12 +112,20 @@ def create_encoder(name: str | None = None, pretrained: str | None = None, freez
         config = open_clip.get_model_config(name)
     if config is None:
         raise UserError(f"unknown encoder {name!r}; choose one of {', '.join(list_encoders())} or an open_clip ViT config")
+    return config
+
+
+def create_encoder(name: str | None = None, pretrained: str | None = None, freeze: bool = False) -> ScreenEncoder:
+    """Build encoder `name` (a config name or a .json path; default DEFAULT_ENCODER). `pretrained`: a local
+    weights file, or "auto" for the newest prior `squirrel pretrain` made for this encoder."""
+    name = name or DEFAULT_ENCODER
+    config = encoder_config(name)
     vc = config.get("vision_cfg", {})
     if vc.get("timm_model_name") or isinstance(vc.get("layers"), (list, tuple)):
         raise UserError(f"encoder {name!r} is not a ViT (patch tokens are needed); choose one of {', '.join(list_encoders())}")
     encoder = ScreenEncoder(name, config)
     if pretrained:
-        _load_weights(encoder, pretrained)
+        _load_weights(encoder, find_prior(name) if pretrained == "auto" else pretrained)
     return encoder.requires_grad_(not freeze)
 
 
@@ -113,6 +136,8 @@ def _load_weights(encoder: ScreenEncoder, path: str) -> None:
         sd = load_state_dict(path)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise UserError(f"cannot read {path} as an open_clip checkpoint or safetensors file ({type(e).__name__}: {e})") from None
+    # a prior from `squirrel pretrain` also holds the policy's reading projection (`reading.*`): kept aside for it
+    encoder.extras = {k[len("reading."):]: v for k, v in sd.items() if k.startswith("reading.")}
     if any(k.startswith("visual.") for k in sd):
         sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
     own = encoder.visual.state_dict()
