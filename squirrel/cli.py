@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "playground": ("agent.playground_cli:main", "show the playground tasks on a display, solved by their oracle"),
     "panel": ("gui.app:main", "the Qt control panel: assign tasks, watch the agent learn, review tools"),
     "memory": ("memory.purge_cli:main", "memory purge: remove a task's or a period's data from an agent home"),
+    "pretrain": ("agent.pretrain:main", "teach the screen encoder to read on screens it draws itself; cached prior"),
 }
 BENCH: dict[str, tuple[str, str]] = {
     "env": ("agent.bench_env:main", "desktop env: oracle success and speed, settle/capture/action ms"),
@@ -34,6 +35,7 @@ BENCH: dict[str, tuple[str, str]] = {
     "crash": ("agent.bench_crash:main", "kill -9 `squirrel learn` in every phase, resume: integrity, nothing lost"),
     "soak": ("agent.bench_soak:main", "a long learning run: RSS, database size and open files sampled, trend after warm-up"),
     "scale": ("agent.bench_scale:main", "learning on Ray: env steps/s and updates/s with 1 and 2 actors, policy lag"),
+    "reading": ("agent.bench_reading:main", "click the button labelled WORD: capacity, then RL with/without prior and visual query"),
 }
 
 
