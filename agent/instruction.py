@@ -33,21 +33,27 @@ class InstructionFeatures(NamedTuple):
     word_widths: np.ndarray  # (K,) int: rendered width in pixels (0 past the end)
 
 
-@lru_cache(maxsize=1)
-def _font():
+@lru_cache(maxsize=None)
+def font(px: int = 11, bold: bool = False):
+    """DejaVu Sans at `px` pixels (the font the playground's Qt apps use)."""
     from PIL import ImageFont
 
+    name = "DejaVu Sans:bold" if bold else "DejaVu Sans"
     path = None
     if shutil.which("fc-match"):
-        out = subprocess.run(["fc-match", "-f", "%{file}", "DejaVu Sans"], capture_output=True, text=True)
-        path = out.stdout.strip() or None
-    for candidate in (path, "DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
+        path = subprocess.run(["fc-match", "-f", "%{file}", name], capture_output=True, text=True).stdout.strip() or None
+    fallback = "/usr/share/fonts/truetype/dejavu/DejaVuSans" + ("-Bold" if bold else "") + ".ttf"
+    for candidate in (path, fallback, "DejaVuSans.ttf"):
         if candidate:
             try:
-                return ImageFont.truetype(candidate, FONT_PX)
+                return ImageFont.truetype(candidate, px)
             except OSError:
                 continue
-    return ImageFont.load_default(FONT_PX)
+    return ImageFont.load_default(px)
+
+
+def _font():
+    return font(FONT_PX)
 
 
 def render_word(word: str) -> tuple[np.ndarray, int]:

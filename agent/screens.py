@@ -13,13 +13,12 @@ Word boxes are (word, x0, y0, x1, y1) in frame pixels, x1/y1 exclusive, around t
 
 from __future__ import annotations
 
-import shutil
 import string
-import subprocess
-from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
+
+from agent.instruction import font
 
 WIDTH, HEIGHT, HEADER = 160, 210, 50  # the playground's "small" task window (playground/host.py SIZES)
 HEADER_RGB = (255, 255, 102)  # #ffff66
@@ -55,23 +54,6 @@ class Word(NamedTuple):
         return (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
 
 
-@lru_cache(maxsize=None)
-def font(px: int = 11, bold: bool = False):
-    """DejaVu Sans at `px` pixels (the font the playground's Qt apps and agent/instruction.py use)."""
-    from PIL import ImageFont
-
-    name = "DejaVu Sans:bold" if bold else "DejaVu Sans"
-    path = None
-    if shutil.which("fc-match"):
-        path = subprocess.run(["fc-match", "-f", "%{file}", name], capture_output=True, text=True).stdout.strip() or None
-    fallback = "/usr/share/fonts/truetype/dejavu/DejaVuSans" + ("-Bold" if bold else "") + ".ttf"
-    for candidate in (path, fallback, "DejaVuSans.ttf"):
-        if candidate:
-            try:
-                return ImageFont.truetype(candidate, px)
-            except OSError:
-                continue
-    return ImageFont.load_default(px)
 
 
 def pseudo_word(rng: np.random.Generator) -> str:
