@@ -129,6 +129,12 @@ def _proc_stat(pid: int) -> list[str] | None:
         return None
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    st = _proc_stat(pid)
+    return st is not None and st[0] != "Z"
+
+
 def descendants(pid: int) -> list[tuple[int, str]]:
     """(pid, start time) of every process below `pid`."""
     children: dict[int, list[tuple[int, str]]] = {}

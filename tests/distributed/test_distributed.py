@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.distributed import ScaleConfig, connect, descendants
+from agent.distributed import ScaleConfig, alive, connect, descendants
 from agent.learn_cli import LearnConfig, LearnRun
 from agent.learner import AgentConfig
 from squirrel.errors import UserError
@@ -20,14 +20,6 @@ from trainer.ppo import PPOConfig
 
 TINY = str(Path(__file__).parents[1] / "fixtures" / "tiny-encoder.json")
 pytestmark = pytest.mark.slow
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_gone(pids, timeout: float = 15.0) -> list[int]:

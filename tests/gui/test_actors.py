@@ -11,19 +11,11 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 
-from agent.distributed import descendants
+from agent.distributed import alive, descendants
 
 pytestmark = pytest.mark.slow
 LEFT = Qt.MouseButton.LeftButton
 EPISODES, RESTARTS, PID = 3, 5, 2  # table columns
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def cmdline(pid: int) -> str:
