@@ -302,8 +302,7 @@ class LearnRun:
                 self.writer.add_scalar(f"stage_success/{task}", rates[task], env_steps)
         self.stages.append({"task": done, "env_steps": env_steps, "eval": rates})
         if len(self.stages) < len(self.tasks):
-            self.learner.tasks = [self.tasks[len(self.stages)]]
-            self.learner._obs = None  # the evaluation used the desktop: start a fresh episode of the new task
+            self.learner.tasks = [self.tasks[len(self.stages)]]  # the learner's next reset starts one
         if self.bar:
             self.bar.write(f"stage {len(self.stages)} ({done}) done at {env_steps} steps; greedy success: "
                            + ", ".join(f"{t} {v:.2f}" for t, v in rates.items()))

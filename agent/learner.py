@@ -212,17 +212,14 @@ class SelfImitationBuffer:
         for s in reversed(steps):
             g = s.reward + self.gamma * g
             rows.append((s.frame, s.instruction, s.action, g, s.match))
-        q = self.queues.setdefault(task, deque())
-        for r in reversed(rows):
-            q.append(r)
-            self._order.append(task)
+        self.queues.setdefault(task, deque()).extend(reversed(rows))
+        if not self.balanced:
+            self._order.extend([task] * len(rows))
         while len(self) > self.capacity:
             if self.balanced:
                 self.queues[max(self.queues, key=lambda t: len(self.queues[t]))].popleft()
             else:
                 self.queues[self._order.popleft()].popleft()
-        if self.balanced:
-            self._order.clear()
 
     def __len__(self) -> int:
         return sum(len(q) for q in self.queues.values())
