@@ -10,6 +10,8 @@ for forward transfer. The Continual World metrics (Wolczyk et al. 2021), from th
     forward_transfer   mean over tasks of (AUC_i - AUC_ref_i) / (1 - AUC_ref_i), AUC = mean of the training
                        curve (moving success) over the task's N steps, in the stream vs from scratch
     steps_to_80[i]     env steps on task i until its training curve first reached 0.8 (null: never)
+    decisions_per_success[i]  the policy's decisions per solved episode of task i in its stage's last 50
+                       successes (a tool call is one decision, however many steps it runs)
 
 Results are written after every finished run, so a stopped benchmark keeps what it has.
 """
@@ -36,10 +38,11 @@ DEFAULT_TASKS = ("confirm-dialog,click-button,click-shape,choose-radio,click-tab
                  "right-click-item")
 # what each variant switches on (squirrel learn flags); finetune is the plain agent learning the tasks in turn
 VARIANTS = {
-    "full": "--agent.memory --agent.replay balanced --agent.ppo.bc-coef 0.1 --agent.plasticity 0.0001",
-    "no-memory": "--agent.replay balanced --agent.ppo.bc-coef 0.1 --agent.plasticity 0.0001",
-    "no-replay": "--agent.memory --agent.plasticity 0.0001",
-    "no-plasticity": "--agent.memory --agent.replay balanced --agent.ppo.bc-coef 0.1",
+    "full": "--agent.memory --agent.tools --agent.replay balanced --agent.ppo.bc-coef 0.1 --agent.plasticity 0.0001",
+    "no-memory": "--agent.tools --agent.replay balanced --agent.ppo.bc-coef 0.1 --agent.plasticity 0.0001",
+    "no-tools": "--agent.memory --agent.replay balanced --agent.ppo.bc-coef 0.1 --agent.plasticity 0.0001",
+    "no-replay": "--agent.memory --agent.tools --agent.plasticity 0.0001",
+    "no-plasticity": "--agent.memory --agent.tools --agent.replay balanced --agent.ppo.bc-coef 0.1",
     "finetune": "",
 }
 
@@ -54,8 +57,8 @@ class BenchContinualConfig:
     """Comma-separated tasks, learned in this order (at least 2; playground tasks, or fake-click,fake-type)."""
     steps_per_task: int = 1500
     """Env steps of learning per task (stage)."""
-    variants: str = "full,no-memory,finetune"
-    """Comma-separated variants: full, no-memory, no-replay, no-plasticity, finetune (plain fine-tuning)."""
+    variants: str = "full,no-memory,no-tools,finetune"
+    """Comma-separated variants: full, no-memory, no-tools, no-replay, no-plasticity, finetune (plain fine-tuning)."""
     eval_episodes: int = 10
     """Greedy episodes per task in each evaluation."""
     reference: bool = True
@@ -102,6 +105,8 @@ def metrics(tasks: list[str], result: dict, reference: dict[str, dict]) -> dict:
         forward_transfer=float(np.mean([f for f in ft if f is not None])) if any(f is not None for f in ft) else None,
         forward_transfer_per_task=dict(zip(tasks, ft)),
         steps_to_80=[steps_to_80(runs.get(t, {}).get("curve", [])) for t in tasks],
+        decisions_per_success=[runs.get(t, {}).get("decisions_per_success") for t in tasks],
+        tool_calls_per_success=[runs.get(t, {}).get("tool_calls_per_success") for t in tasks],
         success_matrix=[[st["eval"][t] for t in tasks] for st in stages],  # row: after stage i; column: task
         training_curves={t: runs.get(t, {}).get("curve", []) for t in tasks},
     )
@@ -125,9 +130,6 @@ def _parse(argv: list[str], prog: str) -> tuple[BenchContinualConfig, list[str],
     variants = [v for v in cfg.variants.split(",") if v]
     if len(tasks) < 2 or len(set(tasks)) < len(tasks):
         raise UserError("--tasks: name at least two different tasks, in the order to learn them")
-    if "no-tools" in variants:
-        raise UserError("no-tools: tools as actions are not built yet, so every variant already runs without tools; "
-                        "leave it out")
     bad = [v for v in variants if v not in VARIANTS]
     if bad or not variants:
         raise UserError(f"unknown variant {bad[0] if bad else ''!r}; choose from {', '.join(VARIANTS)}")

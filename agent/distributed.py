@@ -590,7 +590,7 @@ class DistributedLearner:
             self._versions.extend([ep.version] * len(ep.steps))
             if ep.success:
                 self.sil.add_episode(ep.steps, ep.task)
-        res = EpisodeResult(task=ep.task, success=ep.success, ret=ep.ret, steps=len(ep.steps), env_steps=self.env_steps,
+        res = EpisodeResult(task=ep.task, success=ep.success, ret=ep.ret, steps=len(ep.steps), decisions=len(ep.steps), env_steps=self.env_steps,
                             episode=self.episodes, seed=ep.seed, instruction=ep.instruction, transitions=ep.steps)
         if any(cb(res) is False for cb in self.episode_callbacks):
             self.stop_requested = True

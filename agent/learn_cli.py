@@ -58,6 +58,11 @@ class LearnConfig:
     """Learn the tasks one after another (a task stream, in the order given), this many env steps each, and after
     every stage evaluate all the tasks greedily (--eval-episodes each); --steps becomes tasks x this.
     0: the tasks interleaved, one episode each in turn."""
+    tool_support: int = 5
+    """With --agent.tools: a tool mined from at least this many of the agent's successes starts active (offered to
+    the policy) at once; 0: every mined tool waits as a candidate for a person to approve in the panel."""
+    mine_every: int = 20
+    """With --agent.tools: mine the new successes for tools every this many successful episodes."""
     db_budget_mb: float = 1024.0
     """Keep the agent database under this size: past it, the oldest decided episodes and their steps are deleted
     (episodic memory entries, tools and pending episodes stay). 0: keep everything."""
@@ -81,10 +86,13 @@ class Curve:
         self.episodes: dict[str, int] = defaultdict(int)
         self.eval_points: dict[str, list] = defaultdict(list)  # [task steps, greedy success]
         self.eval_steps = 0
+        self.solved: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))  # (decisions, tool calls) per success
 
-    def add(self, task: str, success: bool | None, steps: int) -> bool:
+    def add(self, task: str, success: bool | None, steps: int, decisions: int | None = None, tool_calls: int = 0) -> bool:
         """Record an episode; True when it added a curve point."""
         self.recent[task].append(1.0 if success else 0.0)
+        if success:
+            self.solved[task].append((steps if decisions is None else decisions, tool_calls))
         self.episodes[task] += 1
         before = self.task_steps[task]
         self.task_steps[task] += steps
@@ -104,6 +112,10 @@ class Curve:
             s80 = next((s for s, v in pts if v >= 0.8), None)
             out.append({"task": task, "agent": agent, "seed": seed, "curve": pts, "final_success": self.rate(task),
                         "steps_to_80": s80, "episodes": self.episodes[task], "env_steps": self.task_steps[task]})
+            solved = self.solved.get(task)
+            if solved:  # the last `window` successes: decisions each (a tool call is one) and tool calls each
+                out[-1].update(decisions_per_success=float(np.mean([d for d, _ in solved])),
+                               tool_calls_per_success=float(np.mean([c for _, c in solved])))
             ev = self.eval_points.get(task)
             if ev:
                 out[-1].update(eval_curve=ev, eval_final_success=ev[-1][1],
@@ -114,7 +126,7 @@ class Curve:
     def state(self) -> dict:
         return {"recent": {k: list(v) for k, v in self.recent.items()}, "task_steps": dict(self.task_steps),
                 "points": dict(self.points), "episodes": dict(self.episodes), "eval_points": dict(self.eval_points),
-                "eval_steps": self.eval_steps}
+                "eval_steps": self.eval_steps, "solved": {k: [list(x) for x in v] for k, v in self.solved.items()}}
 
     def load(self, st: dict) -> None:
         for k, v in st["recent"].items():
@@ -124,6 +136,8 @@ class Curve:
         self.episodes.update(st["episodes"])
         self.eval_points.update(st.get("eval_points", {}))
         self.eval_steps = st.get("eval_steps", 0)
+        for k, v in st.get("solved", {}).items():
+            self.solved[k].extend(tuple(x) for x in v)
 
 
 def make_task_env(tasks: list[str], display: str | None, target_window: str = ""):
@@ -222,6 +236,7 @@ class LearnRun:
         self.t0 = time.time()
         self._last_ckpt = self._last_eval = 0
         self._pending_db: dict[int, int] = {}  # database episode id -> learner episode, waiting for a person
+        self._unmined = 0  # successes since tools were last mined
         self.stages: list[dict] = []  # --stage-steps: per finished stage, its task, end and every task's greedy success
         if cfg.stage_steps:
             cfg.steps = cfg.stage_steps * len(tasks)
@@ -229,11 +244,10 @@ class LearnRun:
     def start(self) -> None:
         import torch
 
-        from agent.learner import Agent, Learner
-        from trainer.checkpoint import load_latest, restore
-
         from agent.home import HomeLock
+        from agent.learner import Agent, Learner
         from memory.db import AgentDB
+        from trainer.checkpoint import load_latest, restore
 
         self.lock = HomeLock(self.home).acquire()  # one agent per home; a killed one's lock is taken over
         self.db = AgentDB.open(self.home)
@@ -246,6 +260,14 @@ class LearnRun:
             from memory.episodic import EpisodicMemory
 
             self.agent.recall = Recall(EpisodicMemory(self.db, key_dim=384), self.cfg.agent.memory_k)
+        if self.cfg.agent.tools:
+            from agent.tools import ToolSet
+            from memory.tools import ToolLibrary
+
+            if self.cfg.actors:
+                raise UserError("--agent.tools runs in the single-process loop; leave out --actors to use tools")
+            self.agent.tools = ToolSet(ToolLibrary(self.db, target_match="crop", auto_activate=self.cfg.tool_support or None),
+                                       self.cfg.agent.tool_threshold)
         if self.env is None and not self.cfg.actors:  # (actors start their own desktops)
             self.env = make_task_env(self.tasks, self.cfg.display or None, self.cfg.target_window)
         self.learner = (self._distributed_learner() if self.cfg.actors
@@ -311,16 +333,32 @@ class LearnRun:
     def _record(self, r) -> None:
         """The episode and its steps into the agent's database (episodes survive a crash once written); an
         undecided one ("ask the person") is recorded as pending."""
+        from agent.tools import target_crop, target_png
+
         D = self.agent.policy.encoder.dim
+        crops = self.agent.tools is not None and r.success  # what tools are mined from: targets by appearance
         eid = self.db.begin_episode(r.task, r.seed, r.instruction)
-        for i, st in enumerate(r.transitions):
-            act = self.agent.policy.to_action(st.action)
-            d = dict(act.to_dict(), kind=act.type.name.lower())
-            target = st.action_features[9:9 + D].numpy() if "x" in d else None
-            self.db.add_step(eid, i, d, st.reward, target=target)
+        i = 0
+        for st in r.transitions:
+            for frame, act, tool in self._primitives(st):
+                d = dict(act.to_dict(), kind=act.type.name.lower())
+                if tool is not None:
+                    d["tool"] = tool
+                target = thumb = None
+                if "x" in d and crops:
+                    target = target_crop(frame, act.x, act.y)
+                    thumb = target_png(target.reshape(16, 48, 3).astype(np.uint8))
+                elif "x" in d and tool is None:
+                    target = st.action_features[self.agent.n_types:self.agent.n_types + D].numpy()
+                self.db.add_step(eid, i, d, st.reward if tool is None else 0.0, target=target, thumbnail=thumb)
+                i += 1
         self.db.end_episode(eid, r.success if r.success is None and r.episode in self.learner.pending else bool(r.success),
                             r.ret, r.steps)
         r.db_id = eid
+
+    def _primitives(self, st) -> list:
+        """The env actions a step took: [(frame acted on, Action, tool id or None)] (a tool call took several)."""
+        return [(st.frame, self.agent.policy.to_action(st.action), None)] if st.prims is None else st.prims
 
     def _remember(self, r) -> None:
         """A success's targets into episodic memory (recall), when the agent uses it."""
@@ -331,11 +369,11 @@ class LearnRun:
         points = []
         last = len(r.transitions) - 1
         for i, st in enumerate(r.transitions):
-            act = self.agent.policy.to_action(st.action)
-            # only points that did something (the screen changed, or the episode ended there): a click that missed
-            # on the way to a success is not a target worth finding again
-            if act.type in POINTER_TYPES and (st.changed or i == last):
-                points.append((st.frame, act.x, act.y, dict(act.to_dict(), step=i)))
+            for frame, act, _ in self._primitives(st):
+                # only points that did something (the screen changed, or the episode ended there): a click that
+                # missed on the way to a success is not a target worth finding again
+                if act.type in POINTER_TYPES and (st.changed or i == last):
+                    points.append((frame, act.x, act.y, dict(act.to_dict(), step=i)))
         self.agent.recall.remember(r.task, self.agent.instructions(r.instruction).sentence.numpy(), points, r.ret,
                                    episode_id=r.db_id)
 
@@ -365,7 +403,9 @@ class LearnRun:
                 self._pending_db[r.db_id] = r.episode
                 return  # counted in the curve when a person gives the outcome
             self._remember(r)
-        if self.curve.add(r.task, r.success, r.steps):
+            self._mine(r)
+        calls = sum(st.prims is not None for st in r.transitions)
+        if self.curve.add(r.task, r.success, r.steps, r.decisions or None, calls):
             self.write_curve()
         if self.writer:
             self.writer.add_scalar(f"success/{r.task}", float(bool(r.success)), r.env_steps)
@@ -380,6 +420,24 @@ class LearnRun:
             self.evaluate(r.env_steps)
         if r.env_steps - self._last_ckpt >= self.cfg.checkpoint_every:
             self.save()
+
+    def _mine(self, r) -> None:
+        """With tools: every --mine-every successes, mine the new ones; tools with enough support become active."""
+        tools = self.agent.tools
+        if tools is None or not r.success:
+            return
+        self._unmined += 1
+        if self._unmined < self.cfg.mine_every:
+            return
+        self._unmined = 0
+        before = {t.id for t in tools.tools}
+        tools.library.mine_new()
+        tools.refresh()
+        new = [t for t in tools.tools if t.id not in before]
+        if new and self.bar:
+            self.bar.write("tools offered: " + "; ".join(f"{t.name} (from {t.support} successes)" for t in new))
+        if self.writer:
+            self.writer.add_scalar("tools/offered", len(tools.tools), r.env_steps)
 
     def evaluate(self, env_steps: int) -> None:
         """Greedy episodes of every task (between training episodes): the eval curve."""

@@ -23,7 +23,7 @@ import torch
 
 from agent.actions import KEYS, ActionType
 from agent.instruction import InstructionCache
-from agent.policy import N_TYPES, POINTER_IDS, ActionBatch, Policy
+from agent.policy import N_TYPES, POINTER_IDS, TOOL, ActionBatch, Policy
 from agent.recall import MAP_SHAPE
 from squirrel.errors import UserError
 from trainer.batches import Evaluation, PPOBatch, SILBatch
@@ -40,6 +40,7 @@ class ObsBatch(NamedTuple):
     instructions: list[str]
     match: list | None = None  # per row: (k_i+m_i,h,w) float16 maps computed while acting (or None): the k_i
     # instruction words' matches (reading), then m_i recalled targets' matches (recall)
+    tools: list | None = None  # per row: agent.tools.ToolInputs seen while acting (or None: find them now)
 
 
 @dataclass
@@ -85,6 +86,11 @@ class AgentConfig:
     matched on the screen, are a click prior the policy learns to trust (agent/recall.py)."""
     memory_k: int = 4
     """Remembered targets recalled per decision."""
+    tools: bool = False
+    """Tools as actions: active tools of the library are offered to the policy as options (agent/tools.py); with
+    `squirrel learn`, tools mined from the agent's own successes become active at --tool-support successes."""
+    tool_threshold: float = 0.5
+    """Appearance similarity (0..1) at which a tool's target counts as found on a screen."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
 
 
@@ -100,9 +106,10 @@ class Agent:
         self.cfg = cfg
         encoder = create_encoder(cfg.encoder, cfg.pretrained or None, freeze=cfg.freeze_encoder)
         self.policy = Policy(encoder, reading=cfg.reading, layers=cfg.fusion_layers, learned_matcher=cfg.learned_matcher,
-                             recall=cfg.memory)
+                             recall=cfg.memory, tools=cfg.tools)
         D = encoder.dim
-        self.action_dim = N_TYPES + D + len(KEYS)
+        self.n_types = N_TYPES + int(cfg.tools)  # "call a tool" is one more type
+        self.action_dim = self.n_types + D + len(KEYS)
         self.world_model = WorldModel(encoder.pooled_dim, self.action_dim)
         # Adam moves each weight by about lr per step, so a unit-scale gain (how much to trust the word
         # match) would need thousands of updates at the shared lr: the reading scalars get their own.
@@ -115,6 +122,19 @@ class Agent:
         self.plasticity = ShrinkPerturb([self.policy, self.world_model], cfg.plasticity)  # after every update
         self.instructions = InstructionCache(text_encoder)
         self.recall = None  # an agent.recall.Recall when cfg.memory (set by whoever owns the database)
+        self.tools = None  # an agent.tools.ToolSet when cfg.tools (likewise); None: no tool is offered
+
+    def tool_inputs(self, frames: np.ndarray) -> list | None:
+        """Per frame, the tools offered on it (None when tools are off)."""
+        if not self.cfg.tools:
+            return None
+        if self.tools is None:
+            from agent.tools import MAX_TOOLS, TOOL_F, ToolInputs
+
+            none = ToolInputs(torch.zeros(MAX_TOOLS, TOOL_F), torch.zeros(MAX_TOOLS, dtype=torch.bool),
+                              torch.zeros(MAX_TOOLS, dtype=torch.bool))
+            return [none] * len(frames)
+        return [self.tools.inputs(f) for f in frames]
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"policy": self.policy, "world_model": self.world_model}
@@ -140,16 +160,20 @@ class Agent:
             for i, r in enumerate(recall):
                 rm[i, : r.shape[0]] = r.float()
             instr = dict(instr, recall=rm, recall_n=torch.tensor([r.shape[0] for r in recall]))
+        if self.cfg.tools:
+            tin = obs.tools if obs.tools is not None else self.tool_inputs(obs.frames)
+            instr = dict(instr, tool_desc=torch.stack([t.desc for t in tin]), tool_mask=torch.stack([t.mask for t in tin]),
+                         tool_param=torch.stack([t.param for t in tin]))
         x, instr = self.policy.prepare(obs.frames, instr)
         return self.policy(x, instr), dict(instr, n_words=nw)
 
     def action_features(self, o, a: ActionBatch) -> torch.Tensor:
-        """(B, 9 + D + 20): the action type, the fused token of the patch it points at, the key."""
+        """(B, 9 (+1 with tools) + D + 20): the action type, the fused token of the patch it points at, the key."""
         B = a.type.shape[0]
         is_ptr = torch.isin(a.type, _POINTER_IDS)
         target = o.patches[torch.arange(B), a.patch] * is_ptr[:, None]
         key = torch.nn.functional.one_hot(a.key, len(KEYS)) * (a.type == ActionType.KEY)[:, None]
-        return torch.cat([torch.nn.functional.one_hot(a.type, N_TYPES).float(), target, key.float()], -1)
+        return torch.cat([torch.nn.functional.one_hot(a.type, self.n_types).float(), target, key.float()], -1)
 
     @torch.no_grad()
     def act(self, obs: ObsBatch, greedy: bool = False):
@@ -186,6 +210,9 @@ class Step(NamedTuple):
     action_features: torch.Tensor  # (F,)
     changed: bool
     match: torch.Tensor | None = None  # (k,h,w) float16 word match maps of this screen
+    tools: object = None  # agent.tools.ToolInputs offered at this decision (tools on)
+    duration: int = 1  # env steps the decision took (a tool call takes several): discount gamma ** duration
+    prims: list | None = None  # a tool call's primitive steps: [(frame acted on, Action, tool id)]
 
 
 def _cat_actions(actions: list[ActionBatch]) -> ActionBatch:
@@ -210,8 +237,8 @@ class SelfImitationBuffer:
         g = 0.0
         rows = []
         for s in reversed(steps):
-            g = s.reward + self.gamma * g
-            rows.append((s.frame, s.instruction, s.action, g, s.match))
+            g = s.reward + self.gamma ** s.duration * g
+            rows.append((s.frame, s.instruction, s.action, g, s.match, s.tools))
         self.queues.setdefault(task, deque()).extend(reversed(rows))
         if not self.balanced:
             self._order.extend([task] * len(rows))
@@ -244,7 +271,8 @@ class SelfImitationBuffer:
                 k = int(np.searchsorted(bounds, i, side="right"))
                 rows.append(flat[k][i - (bounds[k - 1] if k else 0)])
         match = [r[4] for r in rows] if all(r[4] is not None for r in rows) else None
-        return SILBatch(ObsBatch(np.stack([r[0] for r in rows]), [r[1] for r in rows], match),
+        tools = [r[5] for r in rows] if all(r[5] is not None for r in rows) else None
+        return SILBatch(ObsBatch(np.stack([r[0] for r in rows]), [r[1] for r in rows], match, tools),
                         _cat_actions([r[2] for r in rows]), torch.tensor([r[3] for r in rows], dtype=torch.float32))
 
 
@@ -259,6 +287,7 @@ class EpisodeResult:
     seed: int = 0
     instruction: str = ""
     transitions: list = field(default_factory=list)  # the episode's Steps
+    decisions: int = 0  # the policy's decisions (a tool call is one; `steps` counts env steps)
     db_id: int | None = None  # its row in the agent's database, once recorded (learn_cli.LearnRun)
 
 
@@ -270,7 +299,7 @@ class Learner:
         self.cfg = agent.cfg
         self.rng = np.random.default_rng(seed)
         self.sil = SelfImitationBuffer(self.cfg.sil_capacity, self.cfg.gamma, self.cfg.replay == "balanced")
-        self.env_steps = self.episodes = self.updates = 0
+        self.env_steps = self.episodes = self.updates = self.decisions = 0
         self.buffer: list[Step] = []
         self._finals: dict[int, tuple[float, torch.Tensor]] = {}  # buffer index -> final obs (value, state)
         self.episode_steps: list[Step] = []
@@ -288,11 +317,13 @@ class Learner:
         self.stop_requested = False
 
     def counters(self) -> dict:
-        return {"env_steps": self.env_steps, "episodes": self.episodes, "updates": self.updates, "task_i": self._task_i}
+        return {"env_steps": self.env_steps, "episodes": self.episodes, "updates": self.updates, "task_i": self._task_i,
+                "decisions": self.decisions}
 
     def load_counters(self, c: dict) -> None:
         self.env_steps, self.episodes, self.updates = c["env_steps"], c["episodes"], c["updates"]
         self._task_i = c.get("task_i", 0)
+        self.decisions = c.get("decisions", self.env_steps)
 
     def _reset(self):
         task = self.tasks[self._task_i % len(self.tasks)]
@@ -310,15 +341,18 @@ class Learner:
             self._reset()
         while self.env_steps < total_steps and not self.stop_requested:
             obs = self._obs
-            ob = ObsBatch(obs["screen"][None], [obs["instruction"]])
+            tin = self.agent.tool_inputs(obs["screen"][None])
+            ob = ObsBatch(obs["screen"][None], [obs["instruction"]], tools=tin)
             a, logp, value, state, af, out, match = self.agent.act(ob)
             for cb in self.decision_callbacks:
                 cb(ob, out)
-            next_obs, reward, terminated, truncated, info = self.env.step(self.agent.policy.to_action(a))
-            self.env_steps += 1
+            next_obs, reward, terminated, truncated, info, prims = execute(self.agent, self.env, obs, a)
+            self.env_steps += len(prims) if prims is not None else 1
+            self.decisions += 1
             changed = not np.array_equal(next_obs["screen"], obs["screen"])
             step = Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(reward),
-                        bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None)
+                        bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None,
+                        tin[0] if tin else None, max(1, len(prims)) if prims is not None else 1, prims)
             if not self._ask:  # a person's task waits for its verdict before it is learned from
                 self.buffer.append(step)
             self.episode_steps.append(step)
@@ -330,8 +364,9 @@ class Learner:
                 final = (float(v_final[0]), s_final[0])
                 success = info.get("success")
                 self.episodes += 1
-                res = EpisodeResult(self._task, success, self._ret, len(self.episode_steps), self.env_steps, self.episodes,
-                                    self._seed, obs["instruction"], self.episode_steps)
+                res = EpisodeResult(self._task, success, self._ret, sum(s.duration for s in self.episode_steps),
+                                    self.env_steps, self.episodes, self._seed, obs["instruction"], self.episode_steps,
+                                    len(self.episode_steps))
                 self._cur_start = len(self.buffer)  # nothing is running until the next reset
                 if not self._ask:
                     self._finals[len(self.buffer) - 1] = final
@@ -405,12 +440,33 @@ def greedy_episodes(agent: Agent, env, task: str, seeds) -> tuple[int, int]:
         obs, _ = env.reset(seed=int(seed), options={"task": task})
         while True:
             a = agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]), greedy=True)[0]
-            obs, _, terminated, truncated, info = env.step(agent.policy.to_action(a))
-            steps += 1
+            obs, _, terminated, truncated, info, prims = execute(agent, env, obs, a)
+            steps += len(prims) if prims is not None else 1
             if terminated or truncated:
                 wins += bool(info.get("success"))
                 break
     return wins, steps
+
+
+def execute(agent: Agent, env, obs: dict, a: ActionBatch):
+    """Carry out the decision in row 0 of `a` on `env` from `obs`: one primitive action, or a tool call's steps.
+    Returns (next_obs, reward, terminated, truncated, info, prims): a tool call's reward is its steps' rewards
+    discounted within the call, and prims its [(frame acted on, Action, tool id)] (None for a primitive action)."""
+    if int(a.type[0]) != TOOL:
+        return (*env.step(agent.policy.to_action(a)), None)
+    prims, rewards, last = [], [], [obs, 0.0, False, False, {}]
+    tool_id = agent.tools.tools[int(a.tool[0])].id
+
+    def on_step(o, action, result):
+        prims.append((o["screen"], action, tool_id))
+        rewards.append(float(result[1]))
+        last[:] = result
+
+    start = int(a.start[0])
+    agent.tools.call(int(a.tool[0]), env, obs, (start, start + int(a.length[0])), on_step)
+    g = agent.cfg.gamma
+    reward = sum(r * g ** i for i, r in enumerate(rewards))
+    return last[0], reward, last[2], last[3], last[4], prims
 
 
 def ppo_batch(agent: Agent, steps: list[Step], finals: dict[int, tuple[float, torch.Tensor]],
@@ -441,11 +497,13 @@ def ppo_batch(agent: Agent, steps: list[Step], finals: dict[int, tuple[float, to
         rewards = rewards + cfg.curiosity * (err / (err_mean + 1e-8)).clamp(max=5.0)
     values = torch.tensor([s.value for s in steps])
     final = [s.terminated or (s.truncated and cfg.timeout_is_failure) for s in steps]
+    gamma = torch.tensor([cfg.gamma ** s.duration for s in steps]) if any(s.duration != 1 for s in steps) else cfg.gamma
     adv, ret = gae(rewards, values, torch.tensor(final), torch.tensor([s.truncated for s in steps]),
-                   next_values, cfg.gamma, cfg.gae_lambda)
+                   next_values, gamma, cfg.gae_lambda)
     batch = PPOBatch(
         obs=ObsBatch(np.stack([s.frame for s in steps]), [s.instruction for s in steps],
-                     [s.match for s in steps] if steps[0].match is not None else None),
+                     [s.match for s in steps] if steps[0].match is not None else None,
+                     [s.tools for s in steps] if steps[0].tools is not None else None),
         actions=_cat_actions([s.action for s in steps]),
         old_logp=torch.tensor([s.logp for s in steps]), old_value=values, advantages=adv, returns=ret,
         next_state=next_state, changed=torch.tensor([float(s.changed) for s in steps]), has_next=torch.ones(T))

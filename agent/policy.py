@@ -9,6 +9,9 @@
              the screen (agent/reading.py; optionally also in the encoder's own learned stride-4 features);
              a learned choice of word adds its match map to the point logits, so "click the thing that
              says WORD" is matching, which works for words never seen before.
+    tools (optional, agent/tools.py): a 10th action type "call a tool" (offered only when a tool is available
+             on the screen), a slot head (the goal state against each tool's descriptor) and the span head for
+             a tool that types: the value of calling a tool is learned like any action's (options).
 
 Gradients from every head (and the world model) reach the encoder: it is trained, not frozen.
 """
@@ -33,6 +36,7 @@ _MATCHER = ThreadPoolExecutor(1, thread_name_prefix="word-match")
 
 SUB = 4  # sub-cells per patch side
 N_TYPES = len(ActionType)
+TOOL = N_TYPES  # the policy's extra action type with tools on: call the tool in slot ActionBatch.tool
 SPAN_LENS = 4
 POINTER_IDS = sorted(int(t) for t in POINTER_TYPES)
 
@@ -48,6 +52,7 @@ class ActionBatch(NamedTuple):
     key: torch.Tensor
     start: torch.Tensor
     length: torch.Tensor
+    tool: torch.Tensor  # the tool slot (counts only for type TOOL)
 
 
 class PolicyOutput(NamedTuple):
@@ -63,6 +68,8 @@ class PolicyOutput(NamedTuple):
     state: torch.Tensor  # (B,D) pooled screen embedding (world-model input, memory key)
     patches: torch.Tensor  # (B,N,D) fused patch tokens (the appearance of what a click hits)
     match: torch.Tensor  # (B,N,16) the chosen word's match map
+    tool_logits: torch.Tensor | None = None  # (B,T) tool slots (tools on), unavailable ones masked
+    tool_param: torch.Tensor | None = None  # (B,T) bool: the slot's tool types a span the policy picks
 
 
 class ReadingMatcher(nn.Module):
@@ -117,7 +124,7 @@ def reading_stem(encoder: nn.Module) -> tuple[nn.Module, int]:
 
 class Policy(nn.Module):
     def __init__(self, encoder: nn.Module, text_dim: int = 384, layers: int = 2, heads: int = 4, reading: bool = True,
-                 learned_matcher: bool = False, recall: bool = False):
+                 learned_matcher: bool = False, recall: bool = False, tools: bool = False):
         super().__init__()
         self.encoder, self.reading, self.learned_matcher = encoder, reading, reading and learned_matcher
         self.concurrent_matching = True  # acting: match the words on a second thread (see _MATCHER)
@@ -139,6 +146,13 @@ class Policy(nn.Module):
         self.len_head = nn.Linear(D, SPAN_LENS)
         self.start_head = nn.Linear(D, 1)
         self.point_head, self.point2_head = nn.Linear(D, 1 + SUB * SUB), nn.Linear(D, 1 + SUB * SUB)
+        if tools:
+            from agent.tools import TOOL_F
+
+            self.tool_call = nn.Linear(D, 1)  # the "call a tool" type logit, beside type_head's 9
+            self.tool_query, self.tool_key = nn.Linear(D, D), nn.Linear(TOOL_F, D)
+            with torch.no_grad():
+                self.tool_call.bias.fill_(-1.0)  # a new option starts rarer than a click
         if recall:
             self.recall_gain = nn.Parameter(torch.tensor(0.0))  # how much to trust remembered targets (agent/recall.py)
         if reading:
@@ -208,8 +222,16 @@ class Policy(nn.Module):
             prior = prior[:, : gh * SUB, : gw * SUB].reshape(B, gh, SUB, gw, SUB).permute(0, 1, 3, 2, 4).reshape(B, N, SUB * SUB)
             sub_logits = sub_logits + self.recall_gain * prior
             patch_logits = patch_logits + (self.recall_gain * prior).amax(-1)
-        return PolicyOutput(self.type_head(h), self.key_head(h), start_logits, self.len_head(h), patch_logits, sub_logits,
-                            pl2[..., 0], pl2[..., 1:], self.value_head(h)[..., 0], pooled, p_out, match)
+        type_logits, tool_logits, tool_param = self.type_head(h), None, None
+        if hasattr(self, "tool_call"):  # (B,T,F) descriptors and (B,T) masks of the tools offered (agent/tools.py)
+            desc, avail, tool_param = instr["tool_desc"], instr["tool_mask"], instr["tool_param"]
+            tool_logits = torch.einsum("bd,btd->bt", self.tool_query(h), self.tool_key(desc)) / D ** 0.5
+            tool_logits = tool_logits.masked_fill(~avail, neg)
+            call = self.tool_call(h).masked_fill(~avail.any(1, keepdim=True), neg)  # (B,1)
+            type_logits = torch.cat([type_logits, call], 1)  # (B,10)
+        return PolicyOutput(type_logits, self.key_head(h), start_logits, self.len_head(h), patch_logits, sub_logits,
+                            pl2[..., 0], pl2[..., 1:], self.value_head(h)[..., 0], pooled, p_out, match, tool_logits,
+                            tool_param)
 
     def prepare(self, frames, instr: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """uint8 frames (B,H,W,3) and InstructionCache.batch() -> forward()'s inputs."""
@@ -235,8 +257,9 @@ class Policy(nn.Module):
         B = o.type_logits.shape[0]
         ar = torch.arange(B)
         patch, patch2 = pick(o.patch_logits), pick(o.patch2_logits)
+        tool = pick(o.tool_logits) if o.tool_logits is not None else torch.zeros(B, dtype=torch.long)
         return ActionBatch(pick(o.type_logits), patch, pick(o.sub_logits[ar, patch]), patch2, pick(o.sub2_logits[ar, patch2]),
-                           pick(o.key_logits), pick(o.start_logits), pick(o.len_logits))
+                           pick(o.key_logits), pick(o.start_logits), pick(o.len_logits), tool)
 
     def log_prob_entropy(self, o: PolicyOutput, a: ActionBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """log pi(a|s) counting only the heads the action type uses, and the policy's entropy (B,)."""
@@ -257,6 +280,12 @@ class Policy(nn.Module):
         p_ptr = pt[:, POINTER_IDS].sum(-1)
         ent = (t.entropy() + p_ptr * (pc.entropy() + sc.entropy()) / 2 + pt[:, ActionType.DRAG] * p2c.entropy() / 2
                + pt[:, ActionType.KEY] * key.entropy() + pt[:, ActionType.TYPE] * start.entropy())
+        if o.tool_logits is not None:  # a tool call: its slot, and the span it types if it takes one
+            tc = Categorical(logits=o.tool_logits)
+            is_tool = a.type == TOOL
+            takes_span = is_tool & o.tool_param[ar, a.tool]
+            logp = logp + is_tool * tc.log_prob(a.tool) + takes_span * (start.log_prob(a.start) + length.log_prob(a.length))
+            ent = ent + pt[:, TOOL] * tc.entropy()
         return logp, ent
 
     # -- pixels <-> actions --------------------------------------------------------------------------
@@ -286,7 +315,7 @@ class Policy(nn.Module):
         patch2, sub2 = cell(action.x2, action.y2)
         return {"type": int(action.type), "patch": patch, "sub": sub, "patch2": patch2, "sub2": sub2,
                 "key": KEYS.index(action.key) if action.key else 0, "start": action.span[0],
-                "length": min(max(action.span[1] - action.span[0], 0), SPAN_LENS - 1)}
+                "length": min(max(action.span[1] - action.span[0], 0), SPAN_LENS - 1), "tool": 0}
 
 
 def _prep_words(encoder, wp: torch.Tensor) -> torch.Tensor:

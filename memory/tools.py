@@ -3,9 +3,14 @@
 A step is plain data (`ToolStep`; this package never imports the agent). Mining abstracts each step
 into a token so that a sub-sequence transfers to new screens and instructions:
 
-- an acted-on target (click, double/right click, drag, scroll) becomes the appearance cluster its
-  patch embedding joins: embeddings with cosine similarity >= `target_similarity` to a cluster's
-  mean join it (clusters persist in the database, so tokens stay stable across mining runs);
+- an acted-on target (click, double/right click, drag, scroll) becomes the appearance cluster it
+  joins (clusters persist in the database, so tokens stay stable across mining runs). Targets are
+  either embeddings (`target_match="cosine"`: cosine similarity >= `target_similarity` to a cluster's
+  mean) or pixel crops (`"crop"`, what the agent stores: a 16x48 colour crop around the point acted
+  on, as 2304 floats 0..255; it joins a cluster when `crop_similarity` to the cluster's first crop is
+  >= `target_similarity`: colour differences count, shifts of up to 12 px across and 4 px down do
+  not, so two clicks on one button at different places are one target, and a crop stays valid
+  however the agent's encoder changes);
 - typed text becomes "a span of the instruction" (a parameter; the span is its default when every
   occurrence typed the same span), never the literal text;
 - keys stay keys; "done" stays "done".
@@ -113,6 +118,26 @@ class ResolveFailure:
         return False
 
 
+CROP_SHAPE = (16, 48, 3)
+CROP_N = CROP_SHAPE[0] * CROP_SHAPE[1] * CROP_SHAPE[2]
+CROP_SIGMA = 0.12  # RMS colour difference (0..1) at which crop similarity falls to 1/e (as agent/recall.py)
+
+
+def crop_similarity(crop: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Similarity in [0, 1] of one crop (CROP_N,) to each of others (M, CROP_N): the centre 8x24 of `crop` slid
+    over each other crop (shifts -4..4 down, -12..12 across), exp(-least mean squared colour difference / sigma^2)."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w, _ = CROP_SHAPE
+    o = torch.from_numpy(np.asarray(others, np.float32).reshape(-1, h, w, 3)).permute(0, 3, 1, 2) / 255.0
+    t = torch.from_numpy(np.asarray(crop, np.float32).reshape(1, h, w, 3)).permute(0, 3, 1, 2)[:, :, 4:12, 12:36] / 255.0
+    cross = F.conv2d(o, t)  # (M,1,9,25): sum window*template
+    energy = F.conv2d(o * o, torch.ones_like(t))  # sum window^2
+    msd = ((energy - 2 * cross + (t * t).sum()) / t.numel()).clamp(min=0)
+    return torch.exp(-msd.flatten(1).amin(1) / CROP_SIGMA ** 2).numpy()
+
+
 @dataclass
 class _Clusters:
     """Appearance clusters of targets, per embedding size: running means, compared by cosine."""
@@ -124,31 +149,39 @@ class _Clusters:
     thumbs: dict[int, bytes | None] = field(default_factory=dict)
     next_id: int = 1
     dirty: set = field(default_factory=set)
+    crops: bool = False  # crop mode: sums holds each cluster's first crop, never summed
 
     def centroid(self, cid: int) -> np.ndarray:
         for dim, ids in self.ids.items():
             if cid in ids:
                 v = self.sums[dim][ids.index(cid)]
-                return (v / np.linalg.norm(v)).astype(np.float32)
+                return v.astype(np.float32) if self.crops else (v / np.linalg.norm(v)).astype(np.float32)
         raise KeyError(cid)
 
     def label(self, cid: int) -> str | None:
         c = self.labels.get(cid)
         return c.most_common(1)[0][0] if c else None
 
-    def assign(self, target: np.ndarray, threshold: float, label: str | None, thumb: bytes | None) -> int:
+    def assign(self, target: np.ndarray, threshold: float, label: str | None, thumb: bytes | None) -> int | None:
+        """The cluster the target joins (a new one if none is similar enough); None for a target this mode cannot
+        compare (crop mode: anything but a CROP_N crop)."""
         v = np.asarray(target, np.float32).ravel()
-        v = v / max(1e-12, float(np.linalg.norm(v)))
+        if self.crops and len(v) != CROP_N:
+            return None
+        if not self.crops:
+            v = v / max(1e-12, float(np.linalg.norm(v)))
         dim = len(v)
         ids = self.ids.setdefault(dim, [])
         cid = None
         if ids:
             sums = self.sums[dim]
-            sims = (sums @ v) / np.maximum(1e-12, np.linalg.norm(sums, axis=1))
+            sims = crop_similarity(v, sums) if self.crops else \
+                (sums @ v) / np.maximum(1e-12, np.linalg.norm(sums, axis=1))
             j = int(np.argmax(sims))
             if sims[j] >= threshold:
                 cid = ids[j]
-                sums[j] += v
+                if not self.crops:
+                    sums[j] += v
         if cid is None:
             cid = self.next_id
             self.next_id += 1
@@ -189,8 +222,11 @@ class ToolLibrary:
 
     def __init__(self, db: AgentDB, *, target_similarity: float = 0.9, min_support: int = 3, max_len: int = 8,
                  alpha: float = 0.01, closed_ratio: float = 0.8, demote_after: int = 3, window: int = 2000,
-                 auto_activate: int | None = None, max_targets: int = 20_000):
+                 auto_activate: int | None = None, max_targets: int = 20_000, target_match: str = "cosine"):
+        if target_match not in ("cosine", "crop"):
+            raise ValueError(f"target_match must be cosine or crop, not {target_match!r}")
         self.db = db
+        self.target_match = target_match
         self.target_similarity = target_similarity
         self.min_support = min_support
         self.max_len = max_len
@@ -209,12 +245,15 @@ class ToolLibrary:
         if self._clusters is not None and stamp != self._clusters_stamp:
             self._clusters = None  # another ToolLibrary on this database changed them
         if self._clusters is None:
-            cl = _Clusters()
+            cl = _Clusters(crops=self.target_match == "crop")
             for cid, blob, count, label, thumb in self.db.read(
                     "SELECT id, centroid, count, label, thumbnail FROM tool_targets ORDER BY id"):
                 v = from_blob(blob)
+                cl.next_id = max(cl.next_id, cid + 1)
+                if cl.crops and len(v) != CROP_N:
+                    continue  # another mode's clusters in the same database
                 cl.ids.setdefault(len(v), []).append(cid)
-                s = v * count
+                s = v if cl.crops else v * count
                 cl.sums[len(v)] = np.vstack([cl.sums[len(v)], s[None]]) if len(v) in cl.sums else s[None].copy()
                 cl.counts[cid] = count
                 cl.labels[cid] = Counter(json.loads(label)) if label else Counter()
@@ -255,8 +294,9 @@ class ToolLibrary:
         for s in steps:
             tok = None
             if s.kind in TARGET_KINDS:
-                if s.target is not None:
-                    tok = f"{s.kind}@{cl.assign(s.target, self.target_similarity, s.label, check_thumbnail(s.thumbnail))}"
+                cid = None if s.target is None else \
+                    cl.assign(s.target, self.target_similarity, s.label, check_thumbnail(s.thumbnail))
+                tok = None if cid is None else f"{s.kind}@{cid}"
             elif s.kind == "key":
                 tok = f"key:{s.key}" if s.key else None
             elif s.kind in ("type", "done"):
@@ -483,6 +523,8 @@ class ToolLibrary:
         target only appears after the previous steps act (a menu item) should be resolved on its own
         screen: call again with `start` set to that step.
         """
+        if self.target_match == "crop":
+            raise ValueError("crop targets are found on the frame, by appearance (agent/tools.py ToolSet.resolve)")
         if not isinstance(tool, Tool):
             tool = self.get(tool)
         patches = _normalise(np.asarray(patch_embeddings, np.float32).reshape(len(patch_embeddings), -1))

@@ -23,7 +23,7 @@ def episode(task_id: int, n: int = 2) -> list[Step]:
     """n steps whose frames say which task (and episode) they came from."""
     from agent.policy import ActionBatch
 
-    a = ActionBatch(*(torch.zeros(1, dtype=torch.long) for _ in range(8)))
+    a = ActionBatch(*(torch.zeros(1, dtype=torch.long) for _ in ActionBatch._fields))
     frame = np.full((4, 4, 3), task_id, np.uint8)
     return [Step(frame, f"task {task_id}", a, 0.0, 0.0, 1.0 if i == n - 1 else 0.0, i == n - 1, False,
                  torch.zeros(4), torch.zeros(4), True) for i in range(n)]
@@ -163,7 +163,7 @@ def test_continual_world_metrics_from_a_stream():
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--variants", "full,no-tools"], "tools as actions are not built"),
+    (["--tasks", "click-button,no-such-task"], "unknown playground task"),
     (["--variants", "bogus"], "unknown variant"),
     (["--tasks", "click-button"], "at least two"),
 ])
@@ -187,6 +187,6 @@ def test_bench_continual_runs_variants_and_references_on_the_fake_desktop(tmp_pa
     assert set(res["reference_runs"]) == {"fake-click", "fake-type"}
     for v in ("no-memory", "finetune"):
         m = res["variants"][v]
-        for key in ("avg_final_success", "forgetting", "forward_transfer", "steps_to_80"):
+        for key in ("avg_final_success", "forgetting", "forward_transfer", "steps_to_80", "decisions_per_success"):
             assert key in m, (v, key)
         assert len(m["success_matrix"]) == 2 and len(m["steps_to_80"]) == 2
