@@ -210,3 +210,68 @@ def test_mining_in_a_background_thread_while_the_agent_writes(db):
     found.update(lib.mine_new())
     assert "click[OK-like] → type[text1] → key Enter" in {lib.get(i).name for i in found}
     assert db.integrity_check() == "ok"
+
+
+# -- crop targets (what the agent stores: 16x48 colour crops around the point acted on) ------------------------
+
+def button_screen(buttons):
+    """A white 160x210 screen with labelled buttons [(x, y, label, fill)], drawn in the desktop's font."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    im = Image.new("RGB", (160, 210), "white")
+    d = ImageDraw.Draw(im)
+    font = ImageFont.truetype("DejaVuSans.ttf", 11)
+    for x, y, label, fill in buttons:
+        d.rectangle([x, y, x + 44, y + 18], fill=fill, outline=(80, 80, 80))
+        d.text((x + 4, y + 3), label, fill="black", font=font)
+    return np.array(im)
+
+
+def crop_at(frame, x, y):
+    out = np.full((16, 48, 3), 255, np.float32)
+    y0, x0 = y - 8, x - 24
+    for j in range(16):
+        for i in range(48):
+            if 0 <= y0 + j < frame.shape[0] and 0 <= x0 + i < frame.shape[1]:
+                out[j, i] = frame[y0 + j, x0 + i]
+    return out.ravel()
+
+
+GREY, BLUE = (230, 230, 230), (200, 220, 255)
+
+
+def test_crop_targets_cluster_by_appearance_wherever_on_the_button_the_click_was():
+    from memory.tools import crop_similarity
+
+    a = button_screen([(20, 30, "Submit", GREY), (80, 100, "Cancel", GREY), (20, 150, "Submit", BLUE)])
+    ref = crop_at(a, 42, 39)
+    elsewhere = button_screen([(60, 60, "Submit", GREY)])
+    shifted = np.stack([crop_at(elsewhere, 82 + dx, 69 + dy) for dx, dy in [(0, 0), (4, 0), (-8, 2), (10, -3)]])
+    assert crop_similarity(ref, shifted).min() > 0.95  # the same button, clicked at other places on it
+    other = np.stack([crop_at(a, 102, 109), crop_at(a, 42, 159), np.full(16 * 48 * 3, 255, np.float32)])
+    assert crop_similarity(ref, other).max() < 0.8  # another label; the same label in another colour; nothing
+
+
+def test_mining_crop_targets_finds_the_routine_and_ignores_other_targets(db, tmp_path):
+    rng = np.random.default_rng(3)
+    episodes = []
+    for _ in range(12):  # a few random keys and clicks, then click Submit (wherever it is) and press Enter
+        x, y = int(rng.integers(0, 100)), int(rng.integers(0, 180))
+        screen = button_screen([(x, y, "Submit", GREY)])
+        ep = [ToolStep("key", key=KEYS[rng.integers(len(KEYS))]) for _ in range(2)]
+        ep.append(ToolStep("click", target=crop_at(rng.integers(0, 255, (210, 160, 3)).astype(np.uint8), 80, 100)))
+        ep.append(ToolStep("click", target=rng.standard_normal(E).astype(np.float32)))  # an old embedding target
+        ep += [ToolStep("click", target=crop_at(screen, x + 22 + int(rng.integers(-8, 9)), y + 9)),
+               ToolStep("key", key="Enter")]
+        episodes.append(ep)
+    lib = ToolLibrary(db, target_match="crop")
+    (tid,) = lib.mine(episodes)
+    tool = lib.get(tid)
+    assert [s.kind for s in tool.steps] == ["click", "key"] and tool.steps[1].key == "Enter"
+    assert tool.steps[0].target.shape == (16 * 48 * 3,) and tool.support == 12
+    with pytest.raises(ValueError, match="by appearance"):
+        lib.resolve(tool, np.zeros((4, E), np.float32))
+    with AgentDB.open(tmp_path) as again:  # the clusters persist: the same routine gives the same tool
+        assert ToolLibrary(again, target_match="crop").mine(episodes) == [tid]
+    with pytest.raises(ValueError, match="cosine or crop"):
+        ToolLibrary(db, target_match="pixels")
