@@ -31,6 +31,9 @@ class DemoConfig:
     """An existing X display to act on (to watch it). Empty: a private virtual display."""
     seed: int = 0
     """Random seed."""
+    pretrain: bool = True
+    """First make the reading prior the agent starts from (`squirrel pretrain`: once per machine, about 4 minutes;
+    screens it draws itself, no labels, no downloads) when the cache has none for this encoder."""
     agent: AgentConfig = field(default_factory=AgentConfig)
 
 
@@ -85,6 +88,19 @@ def solved_strip(run: LearnRun, tries: int = 10) -> tuple[np.ndarray | None, str
     return None, ""
 
 
+def _ensure_prior(encoder: str) -> None:
+    from agent.pretrain import PretrainConfig, pretrain
+    from perception.encoder import find_prior
+    from squirrel.errors import UserError
+
+    try:
+        find_prior(encoder)
+    except UserError:
+        print("squirrel demo: first the reading prior the agent starts from (once per machine, about 4 minutes): "
+              "finding words on GUI screens it draws itself")
+        pretrain(PretrainConfig(encoder=encoder))
+
+
 def main(argv: list[str], prog: str) -> int:
     import shutil
 
@@ -95,6 +111,8 @@ def main(argv: list[str], prog: str) -> int:
     if cfg.fresh and (home / "checkpoints").exists():
         shutil.rmtree(home)
     tasks = [t for t in cfg.tasks.split(",") if t]
+    if cfg.pretrain and cfg.agent.pretrained == "auto":
+        _ensure_prior(cfg.agent.encoder)
     lc = LearnConfig(tasks=cfg.tasks, steps=cfg.steps, seed=cfg.seed, home=str(home), resume=not cfg.fresh,
                      display=cfg.display, curve_every=max(cfg.steps // 40, 50), window=30, agent=cfg.agent)
     run = LearnRun(lc, tasks)

@@ -471,7 +471,8 @@ class LearnRun:
     def result(self) -> dict:
         info = {"runs": self.curve.runs(self.agent_name, self.cfg.seed), "env_steps": self.learner.env_steps,
                 "eval_env_steps": self.curve.eval_steps,
-                "updates": self.learner.updates, "seconds": time.time() - self.t0}
+                "updates": self.learner.updates, "seconds": time.time() - self.t0,
+                "decisions": self.learner.decisions, "pretrained": self.agent.pretrained_from}
         if self.cfg.stage_steps:
             info.update(stage_steps=self.cfg.stage_steps, stages=self.stages)
         if self.cfg.actors:  # the actors and their rates, the learner's rate, the policy lag

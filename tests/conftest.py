@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import pytest
 
@@ -11,6 +12,9 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The agent starts from the reading prior in the user's cache when there is one (pretrained="auto"): tests get an
+# empty cache of their own, so they behave the same on every machine (a test that wants a prior makes one).
+os.environ["SQUIRREL_CACHE"] = tempfile.mkdtemp(prefix="squirrel-test-cache-")
 
 
 @pytest.fixture

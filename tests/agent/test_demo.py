@@ -19,7 +19,7 @@ def run(args, timeout=300):
 
 
 def test_demo_writes_a_report(tmp_path):
-    run(["demo", "--steps", "96", "--home", str(tmp_path), "--agent.encoder", TINY, "--agent.rollout", "48"])
+    run(["demo", "--steps", "96", "--home", str(tmp_path), "--no-pretrain", "--agent.encoder", TINY, "--agent.rollout", "48"])
     png = tmp_path / "report" / "learning-curves.png"
     assert png.exists() and png.stat().st_size > 1000
     curve = json.loads((tmp_path / "curve.json").read_text())

@@ -93,6 +93,23 @@ def test_the_agent_starts_from_the_prior_and_keeps_training_it(cache):
         assert float(agent.policy.learned_gain) == pytest.approx(float(saved["reading.scale"]) / 4.0)
 
 
+def test_by_default_the_agent_starts_from_the_cached_prior_or_says_how_to_make_one(cache, capsys):
+    from agent import learner
+    from agent.learner import Agent, AgentConfig
+    from agent.pretrain import pretrain
+
+    learner._NOTED.discard(TINY)
+    torch.manual_seed(0)
+    a = Agent(AgentConfig(encoder=TINY))  # the default: pretrained "auto", nothing cached yet
+    assert a.pretrained_from is None and "squirrel pretrain" in capsys.readouterr().err
+    Agent(AgentConfig(encoder=TINY))
+    assert capsys.readouterr().err == ""  # said once
+    info = pretrain(tiny_cfg(steps=5), log=lambda *_: None)
+    b = Agent(AgentConfig(encoder=TINY))
+    assert b.pretrained_from == info["path"] and b.policy.learned_matcher
+    assert Agent(AgentConfig(encoder=TINY, pretrained="")).pretrained_from is None  # empty: random init
+
+
 def test_a_missing_or_corrupt_prior_is_a_one_line_user_error(cache, tmp_path):
     from perception.encoder import create_encoder
     from squirrel.cli import main
