@@ -252,7 +252,7 @@ class EpisodeActor:
         _, _, v_final, s_final, *_ = self.agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]))
         self.watchdog.refresh()
         rec = self.agent.recall
-        recalled = sum(len(c) for c, _ in rec.cache.values()) if isinstance(rec, RemoteRecall) else 0
+        recalled = sum(len(c) for c, *_ in rec.cache.values()) if isinstance(rec, RemoteRecall) else 0
         final = (float(v_final[0]), s_final[0])
         return Episode(self.index, os.getpid(), self.node, version, task, seed, instruction, steps, final,
                        info.get("success"), ret, time.perf_counter() - t0, ask, recalled)
@@ -275,8 +275,8 @@ class MemoryService:
         self.db = AgentDB.open(home, readonly=True)
         self.memory, self.k, self.lookups = EpisodicMemory(self.db, key_dim=384), k, 0
 
-    def lookup(self, instruction: str, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(M,16,48,3) uint8 crops and (M,) weights of the nearest remembered successful targets."""
+    def lookup(self, instruction: str, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(M,16,48,3) uint8 crops, (M,) weights and (M,MEM_F) token features of the nearest remembered successes."""
         from agent.recall import Recall
 
         self.lookups += 1
@@ -293,7 +293,7 @@ class RemoteRecall(Recall):
         super().__init__(None, k)
         self.service, self.cache = service, {}
 
-    def lookup(self, instruction: str, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def lookup(self, instruction: str, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import ray
 
         if instruction not in self.cache:  # one lookup per instruction per episode (the actor clears it)

@@ -26,7 +26,7 @@ import torch
 from agent.actions import KEYS, ActionType
 from agent.instruction import InstructionCache
 from agent.policy import N_TYPES, POINTER_IDS, TOOL, ActionBatch, Policy
-from agent.recall import MAP_SHAPE
+from agent.recall import MAP_SHAPE, MEM_F
 from squirrel.errors import UserError
 from trainer.batches import Evaluation, PPOBatch, SILBatch
 from trainer.gae import gae
@@ -43,6 +43,7 @@ class ObsBatch(NamedTuple):
     match: list | None = None  # per row: (k_i+m_i,h,w) float16 maps computed while acting (or None): the k_i
     # instruction words' matches (reading), then m_i recalled targets' matches (recall)
     tools: list | None = None  # per row: agent.tools.ToolInputs seen while acting (or None: find them now)
+    memory: list | None = None  # per row: (M_i, MEM_F) recalled neighbours' token features (or None: recall now)
 
 
 @dataclass
@@ -151,6 +152,12 @@ class Agent:
         self.recall = None  # an agent.recall.Recall when cfg.memory (set by whoever owns the database)
         self.tools = None  # an agent.tools.ToolSet when cfg.tools (likewise); None: no tool is offered
 
+    def memory_inputs(self, instructions: list[str]) -> list | None:
+        """Per instruction, the recalled neighbours' token features (None when recall is off)."""
+        if not self.cfg.memory or self.recall is None:
+            return None
+        return self.recall.tokens(instructions, self.instructions.batch(instructions)["sentence"].numpy())
+
     def tool_inputs(self, frames: np.ndarray) -> list | None:
         """Per frame, the tools offered on it (None when tools are off)."""
         if not self.cfg.tools:
@@ -187,6 +194,15 @@ class Agent:
             for i, r in enumerate(recall):
                 rm[i, : r.shape[0]] = r.float()
             instr = dict(instr, recall=rm, recall_n=torch.tensor([r.shape[0] for r in recall]))
+        mem = obs.memory
+        if mem is None and self.cfg.memory and self.recall is not None:
+            mem = self.recall.tokens(obs.instructions, instr["sentence"].numpy())
+        if mem is not None and self.cfg.memory:
+            M = max(m.shape[0] for m in mem)
+            mm = torch.zeros(B, M, MEM_F)
+            for i, m in enumerate(mem):
+                mm[i, : m.shape[0]] = m
+            instr = dict(instr, memory=mm, memory_mask=torch.arange(M)[None] < torch.tensor([m.shape[0] for m in mem])[:, None])
         if self.cfg.tools:
             tin = obs.tools if obs.tools is not None else self.tool_inputs(obs.frames)
             instr = dict(instr, tool_desc=torch.stack([t.desc for t in tin]), tool_mask=torch.stack([t.mask for t in tin]),
@@ -240,6 +256,7 @@ class Step(NamedTuple):
     tools: object = None  # agent.tools.ToolInputs offered at this decision (tools on)
     duration: int = 1  # env steps the decision took (a tool call takes several): discount gamma ** duration
     prims: list | None = None  # a tool call's primitive steps: [(frame acted on, Action, tool id)]
+    memory: torch.Tensor | None = None  # (M, MEM_F) the recalled neighbours the policy saw (recall on)
 
 
 def _cat_actions(actions: list[ActionBatch]) -> ActionBatch:
@@ -265,7 +282,7 @@ class SelfImitationBuffer:
         rows = []
         for s in reversed(steps):
             g = s.reward + self.gamma ** s.duration * g
-            rows.append((s.frame, s.instruction, s.action, g, s.match, s.tools))
+            rows.append((s.frame, s.instruction, s.action, g, s.match, s.tools, s.memory))
         self.queues.setdefault(task, deque()).extend(reversed(rows))
         if not self.balanced:
             self._order.extend([task] * len(rows))
@@ -299,7 +316,8 @@ class SelfImitationBuffer:
                 rows.append(flat[k][i - (bounds[k - 1] if k else 0)])
         match = [r[4] for r in rows] if all(r[4] is not None for r in rows) else None
         tools = [r[5] for r in rows] if all(r[5] is not None for r in rows) else None
-        return SILBatch(ObsBatch(np.stack([r[0] for r in rows]), [r[1] for r in rows], match, tools),
+        memory = [r[6] for r in rows] if all(r[6] is not None for r in rows) else None
+        return SILBatch(ObsBatch(np.stack([r[0] for r in rows]), [r[1] for r in rows], match, tools, memory),
                         _cat_actions([r[2] for r in rows]), torch.tensor([r[3] for r in rows], dtype=torch.float32))
 
 
@@ -369,7 +387,8 @@ class Learner:
         while self.env_steps < total_steps and not self.stop_requested:
             obs = self._obs
             tin = self.agent.tool_inputs(obs["screen"][None])
-            ob = ObsBatch(obs["screen"][None], [obs["instruction"]], tools=tin)
+            mem = self.agent.memory_inputs([obs["instruction"]])
+            ob = ObsBatch(obs["screen"][None], [obs["instruction"]], tools=tin, memory=mem)
             a, logp, value, state, af, out, match = self.agent.act(ob)
             for cb in self.decision_callbacks:
                 cb(ob, out)
@@ -379,7 +398,8 @@ class Learner:
             changed = not np.array_equal(next_obs["screen"], obs["screen"])
             step = Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(reward),
                         bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None,
-                        tin[0] if tin else None, max(1, len(prims)) if prims is not None else 1, prims)
+                        tin[0] if tin else None, max(1, len(prims)) if prims is not None else 1, prims,
+                        mem[0] if mem else None)
             if not self._ask:  # a person's task waits for its verdict before it is learned from
                 self.buffer.append(step)
             self.episode_steps.append(step)
@@ -530,7 +550,8 @@ def ppo_batch(agent: Agent, steps: list[Step], finals: dict[int, tuple[float, to
     batch = PPOBatch(
         obs=ObsBatch(np.stack([s.frame for s in steps]), [s.instruction for s in steps],
                      [s.match for s in steps] if steps[0].match is not None else None,
-                     [s.tools for s in steps] if steps[0].tools is not None else None),
+                     [s.tools for s in steps] if steps[0].tools is not None else None,
+                     [s.memory for s in steps] if all(s.memory is not None for s in steps) else None),
         actions=_cat_actions([s.action for s in steps]),
         old_logp=torch.tensor([s.logp for s in steps]), old_value=values, advantages=adv, returns=ret,
         next_state=next_state, changed=torch.tensor([float(s.changed) for s in steps]), has_next=torch.ones(T))

@@ -2,7 +2,8 @@
 
     screen (B,3,H,W) --encoder--> patch tokens (B,N,D)  (N = gh*gw patches of 16 px)
     instruction --MiniLM--> sentence (B,384), words (B,K,384) --proj--> goal token, word tokens (D)
-    [value/type token, goal, words, patches] --2 transformer layers--> fused tokens
+    [value/type token, goal, words, memory, patches] --transformer layers--> fused tokens
+    (memory: with recall, one token per recalled neighbour, agent/recall.py MEM_F features projected to D)
     heads: action type (9), key (20), value, TYPE span (start word, length), point and drag end
            (a patch, then one of 4x4 sub-cells: 4 px accuracy)
     reading: each instruction word rendered as pixels is matched (normalised cross-correlation) against
@@ -154,7 +155,11 @@ class Policy(nn.Module):
             with torch.no_grad():
                 self.tool_call.bias.fill_(-1.0)  # a new option starts rarer than a click
         if recall:
+            from agent.recall import MEM_F
+
             self.recall_gain = nn.Parameter(torch.tensor(0.0))  # how much to trust remembered targets (agent/recall.py)
+            self.memory_proj = nn.Linear(MEM_F, D)  # recalled neighbours as tokens
+            self.memory_type = nn.Parameter(torch.zeros(1, 1, D))
         if reading:
             self.word_select = nn.Linear(D, 1)
             self.match_gain = nn.Parameter(torch.tensor(4.0))
@@ -194,10 +199,16 @@ class Policy(nn.Module):
         K = mask.shape[1]
         goal = self.goal_proj(instr["sentence"])[:, None]  # (B,1,D)
         words = self.word_proj(instr["words"]) + self.word_pos[:, :K]  # (B,K,D)
-        seq = torch.cat([self.cls.expand(B, -1, -1) + goal, goal, words, tokens], 1)  # (B,2+K+N,D)
-        pad = torch.cat([torch.zeros(B, 2, dtype=torch.bool), ~mask, torch.zeros(B, N, dtype=torch.bool)], 1)
+        mem = instr.get("memory") if hasattr(self, "memory_proj") else None  # (B,M,MEM_F) recalled neighbours
+        if mem is not None and mem.shape[1]:
+            mem_tokens, mem_pad = self.memory_proj(mem) + self.memory_type, ~instr["memory_mask"]  # (B,M,D), (B,M)
+        else:
+            mem_tokens, mem_pad = tokens[:, :0], torch.zeros(B, 0, dtype=torch.bool)
+        M = mem_tokens.shape[1]
+        seq = torch.cat([self.cls.expand(B, -1, -1) + goal, goal, words, mem_tokens, tokens], 1)  # (B,2+K+M+N,D)
+        pad = torch.cat([torch.zeros(B, 2, dtype=torch.bool), ~mask, mem_pad, torch.zeros(B, N, dtype=torch.bool)], 1)
         out = self.norm(self.fuse(seq, src_key_padding_mask=pad))
-        h, w_out, p_out = out[:, 0], out[:, 2:2 + K], out[:, 2 + K:]  # (B,D), (B,K,D), (B,N,D)
+        h, w_out, p_out = out[:, 0], out[:, 2:2 + K], out[:, 2 + K + M:]  # (B,D), (B,K,D), (B,N,D)
         neg = torch.finfo(out.dtype).min
         start_logits = self.start_head(w_out)[..., 0].masked_fill(~mask, neg)  # (B,K)
         pl, pl2 = self.point_head(p_out), self.point2_head(p_out)  # (B,N,17)

@@ -8,6 +8,10 @@ The policy adds a learned multiple of the best (goal-similarity-weighted) map to
 learns how much to trust memory, and one success helps at once, before any gradient step. The crops are
 pixels, not learned features, so what is remembered never goes stale while the encoder keeps training.
 
+The recalled neighbours also enter the policy as tokens beside the instruction's and the screen's (what was
+done there: the action's type, the episode's return, how close its goal is, and the target's coarse colour
+appearance, MEM_F features each), so the fused state can attend to what memory suggests.
+
 The comparison is colour squared difference (structure and colour both count: a red box is not a blue
 one, which normalised correlation could not tell), at half resolution, through FFTs:
     ssd(y, x) = sum window^2 - 2 sum window*crop + sum crop^2,   similarity = exp(-mean ssd / SIGMA^2)
@@ -19,11 +23,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from agent.actions import ActionType
 from agent.reading import CELL
 
 CROP_H, CROP_W = 16, 48  # the remembered appearance around a point
 MAP_SHAPE = (208 // CELL, 160 // CELL)  # the policy's point cells over the 208x160 task area
 SIGMA = 0.12  # colour difference (in [0,1] units, RMS over the crop) at which similarity falls to 1/e
+MEM_F = len(ActionType) + 3 + (CROP_H // 4) * (CROP_W // 4) * 3  # features of one recalled neighbour (a token)
+
+
+def token_features(crops: np.ndarray, actions: list[dict], returns: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(M, MEM_F) float32: per recalled neighbour its action type (one-hot), return, goal weight, step in its
+    episode (/8), and its target's appearance pooled to 4x12 colour cells (centred on 0)."""
+    out = np.zeros((len(crops), MEM_F), np.float32)
+    n = len(ActionType)
+    for i, (a, r, w) in enumerate(zip(actions, returns, weights)):
+        name = str(a.get("type") or a.get("kind") or "").upper()
+        if name in ActionType.__members__:
+            out[i, ActionType[name]] = 1.0
+        out[i, n:n + 3] = (np.clip(r, -2.0, 2.0), w, min(float(a.get("step") or 0), 8.0) / 8.0)
+    if len(crops):
+        pooled = F.avg_pool2d(torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0, 4)
+        out[:, n + 3:] = (pooled.flatten(1) - 0.5).numpy()
+    return out
 
 
 def crop(frame: np.ndarray, x: int, y: int) -> np.ndarray:
@@ -75,9 +97,9 @@ class Recall:
                              steps=[a.get("step") for *_, a in points])
         self._hits.clear()
 
-    def lookup(self, instruction: str, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(M, CROP_H, CROP_W, 3) uint8 crops and (M,) weights of the nearest remembered successful targets; M may
-        be 0. Sentence embeddings of instructions that differ in one word are still close (cosine ~0.8), so the
+    def lookup(self, instruction: str, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(M, CROP_H, CROP_W, 3) uint8 crops, (M,) weights and (M, MEM_F) token features of the nearest remembered
+        successful targets; M may be 0. Sentence embeddings of instructions that differ in one word are still close (cosine ~0.8), so the
         weight is sharp: exp((cosine - 1) / temperature), 1 for the same goal, ~0.02 for cosine 0.8. Cached per
         instruction until memory changes."""
         hit = self._hits.get(instruction)
@@ -88,8 +110,9 @@ class Recall:
                      and h.target_embedding.size == n]
             crops = np.stack([h.target_embedding.reshape(CROP_H, CROP_W, 3).astype(np.uint8) for h in found]) \
                 if found else np.zeros((0, CROP_H, CROP_W, 3), np.uint8)
-            w = np.exp((np.array([h.similarity for h in found], np.float32) - 1.0) / self.temperature)
-            hit = self._hits[instruction] = (crops, w.astype(np.float32))
+            w = np.exp((np.array([h.similarity for h in found], np.float32) - 1.0) / self.temperature).astype(np.float32)
+            feats = token_features(crops, [h.action for h in found], np.array([h.ret for h in found], np.float32), w)
+            hit = self._hits[instruction] = (crops, w, feats)
             if len(self._hits) > 1024:
                 self._hits.clear()
         return hit
@@ -98,8 +121,12 @@ class Recall:
         """Per row: (M_i, h, w) float16 click-prior maps, goal-similarity-weighted (M_i = 0: nothing recalled)."""
         out = []
         for frame, instruction, key in zip(frames, instructions, keys):
-            crops, w = self.lookup(instruction, key)
+            crops, w, _ = self.lookup(instruction, key)
             m = appearance_maps(frame, crops) * torch.from_numpy(w)[:, None, None] if len(crops) else \
                 torch.zeros(0, *MAP_SHAPE)
             out.append(m.half())
         return out
+
+    def tokens(self, instructions: list[str], keys: np.ndarray) -> list[torch.Tensor]:
+        """Per row: (M_i, MEM_F) features of the recalled neighbours, the policy's memory tokens."""
+        return [torch.from_numpy(self.lookup(instruction, key)[2]) for instruction, key in zip(instructions, keys)]

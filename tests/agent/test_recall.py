@@ -86,3 +86,36 @@ def test_recalled_targets_change_the_policy_output_by_the_learned_trust():
     a, *_ = agent.act(with_memory, greedy=True)
     action = agent.policy.to_action(a)
     assert abs(action.x - (100 + 12)) <= 8 and abs(action.y - (120 + 12)) <= 8
+
+
+def test_recalled_neighbours_enter_the_policy_as_tokens_and_padding_rows_do_not_leak():
+    """Retrieval tokens change the policy's output (its value and action type), and a batch row with fewer
+    neighbours gives the same output as on its own."""
+    from pathlib import Path
+
+    from agent.learner import Agent, AgentConfig, ObsBatch
+    from agent.recall import MEM_F, token_features
+
+    torch.manual_seed(0)
+    tiny = str(Path(__file__).parents[1] / "fixtures" / "tiny-encoder.json")
+    agent = Agent(AgentConfig(encoder=tiny, threads=1, reading=False, memory=True))
+    frame = boxes({RED: (20, 20), BLUE: (120, 100)})
+    crops = np.stack([crop(frame, 32, 32), crop(frame, 112, 132)])
+    feats = torch.from_numpy(token_features(crops, [{"type": "click", "step": 0}, {"type": "double_click", "step": 1}],
+                                            np.array([0.9, 0.5], np.float32), np.array([1.0, 0.3], np.float32)))
+    assert feats.shape == (2, MEM_F) and feats[0, 0] == 1 and feats[1, 1] == 1  # click, double-click
+
+    @torch.no_grad()
+    def out(memory):
+        o, _ = agent._forward(ObsBatch(np.stack([frame] * len(memory)), ["Click the box."] * len(memory),
+                                       memory=memory))
+        return o
+
+    none, some = out([feats[:0]]), out([feats])
+    assert not torch.allclose(none.value, some.value, atol=1e-4)
+    assert not torch.allclose(none.type_logits, some.type_logits, atol=1e-4)
+    other = out([feats[1:]])
+    assert not torch.allclose(other.value, some.value, atol=1e-4)  # which neighbours matters, not just how many
+    both = out([feats, feats[:1]])  # rows of 2 and 1 neighbours, padded together
+    assert torch.allclose(both.value[1], out([feats[:1]]).value[0], atol=1e-5)
+    assert torch.allclose(both.value[0], some.value[0], atol=1e-5)
