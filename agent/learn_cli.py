@@ -333,7 +333,7 @@ class LearnRun:
     def _record(self, r) -> None:
         """The episode and its steps into the agent's database (episodes survive a crash once written); an
         undecided one ("ask the person") is recorded as pending."""
-        from agent.tools import target_crop, target_png
+        from agent.tools import CROP_H, CROP_W, target_crop, target_png
 
         D = self.agent.policy.encoder.dim
         crops = self.agent.tools is not None and r.success  # what tools are mined from: targets by appearance
@@ -347,7 +347,7 @@ class LearnRun:
                 target = thumb = None
                 if "x" in d and crops:
                     target = target_crop(frame, act.x, act.y)
-                    thumb = target_png(target.reshape(16, 48, 3).astype(np.uint8))
+                    thumb = target_png(target.reshape(CROP_H, CROP_W, 3).astype(np.uint8))
                 elif "x" in d and tool is None:
                     target = st.action_features[self.agent.n_types:self.agent.n_types + D].numpy()
                 self.db.add_step(eid, i, d, st.reward if tool is None else 0.0, target=target, thumbnail=thumb)

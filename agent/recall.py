@@ -48,11 +48,11 @@ def token_features(crops: np.ndarray, actions: list[dict], returns: np.ndarray, 
     return out
 
 
-def crop(frame: np.ndarray, x: int, y: int) -> np.ndarray:
-    """(CROP_H, CROP_W, 3) uint8 appearance centred on (x, y); outside the frame is white."""
-    out = np.full((CROP_H, CROP_W, 3), 255, np.uint8)
-    y0, x0 = y - CROP_H // 2, x - CROP_W // 2
-    ys, xs = slice(max(y0, 0), min(y0 + CROP_H, frame.shape[0])), slice(max(x0, 0), min(x0 + CROP_W, frame.shape[1]))
+def crop(frame: np.ndarray, x: int, y: int, h: int = CROP_H, w: int = CROP_W) -> np.ndarray:
+    """(h, w, 3) uint8 appearance centred on (x, y); outside the frame is white."""
+    out = np.full((h, w, 3), 255, np.uint8)
+    y0, x0 = y - h // 2, x - w // 2
+    ys, xs = slice(max(y0, 0), min(y0 + h, frame.shape[0])), slice(max(x0, 0), min(x0 + w, frame.shape[1]))
     if ys.start < ys.stop and xs.start < xs.stop:
         out[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0] = frame[ys, xs, :3]
     return out

@@ -28,12 +28,12 @@ import torch.nn.functional as F
 
 from agent.actions import KEYS, Action, ActionType
 from agent.reading import CELL
-from agent.recall import CROP_H, CROP_W, appearance_maps, crop
-from memory.tools import KINDS, Tool, ToolLibrary
+from agent.recall import appearance_maps, crop
+from memory.tools import CENTRE, CROP_N, CROP_SHAPE, KINDS, Tool, ToolLibrary
 
 MAX_TOOLS = 8  # slots offered to the policy
 MAX_STEPS = 8  # steps described per tool (the library mines at most 8)
-CROP_N = CROP_H * CROP_W * 3
+CROP_H, CROP_W = CROP_SHAPE[:2]
 STEP_F = len(KINDS) + len(KEYS) + 1 + (CROP_H // 4) * (CROP_W // 4)
 TOOL_F = MAX_STEPS * STEP_F
 _POINTER_KINDS = {"click": ActionType.CLICK, "double_click": ActionType.DOUBLE_CLICK,
@@ -66,8 +66,14 @@ def target_png(crop_u8: np.ndarray) -> bytes:
 
 
 def target_crop(frame: np.ndarray, x: int, y: int) -> np.ndarray:
-    """The stored appearance of a point acted on: (CROP_N,) float32 of the 16x48 colour crop around it."""
-    return crop(frame, x, y).astype(np.float32).ravel()
+    """The stored appearance of a point acted on: (CROP_N,) float32 of the 24x48 colour crop around it."""
+    return crop(frame, x, y, CROP_H, CROP_W).astype(np.float32).ravel()
+
+
+def _centre(target: np.ndarray) -> np.ndarray:
+    """The part of a target crop that is looked for on a screen: its centre 8x24 (the context around it may
+    differ from screen to screen, as it may between the clicks mining grouped)."""
+    return target.reshape(CROP_H, CROP_W, 3)[CENTRE].astype(np.uint8)
 
 
 def usable(tool: Tool) -> bool:
@@ -136,7 +142,7 @@ class ToolSet:
         for i, t in enumerate(self.tools):
             mask[i] = t.steps[0].kind not in _POINTER_KINDS
         if starts:
-            crops = np.stack([c.reshape(CROP_H, CROP_W, 3).astype(np.uint8) for _, c in starts])
+            crops = np.stack([_centre(c) for _, c in starts])
             best = appearance_maps(frame, crops).flatten(1).amax(1)
             for (i, _), b in zip(starts, best):
                 mask[i] = bool(b >= self.threshold)
@@ -144,7 +150,7 @@ class ToolSet:
 
     def resolve(self, step, frame: np.ndarray) -> tuple[int, int] | None:
         """Where a target step acts on this screen: the centre of the best-matching 4-px cell, or None."""
-        m = appearance_maps(frame, step.target.reshape(1, CROP_H, CROP_W, 3).astype(np.uint8))[0]
+        m = appearance_maps(frame, _centre(step.target)[None])[0]
         if float(m.max()) < self.threshold:
             return None
         cy, cx = divmod(int(m.argmax()), m.shape[1])

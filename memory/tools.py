@@ -6,9 +6,9 @@ into a token so that a sub-sequence transfers to new screens and instructions:
 - an acted-on target (click, double/right click, drag, scroll) becomes the appearance cluster it
   joins (clusters persist in the database, so tokens stay stable across mining runs). Targets are
   either embeddings (`target_match="cosine"`: cosine similarity >= `target_similarity` to a cluster's
-  mean) or pixel crops (`"crop"`, what the agent stores: a 16x48 colour crop around the point acted
-  on, as 2304 floats 0..255; it joins a cluster when `crop_similarity` to the cluster's first crop is
-  >= `target_similarity`: colour differences count, shifts of up to 12 px across and 4 px down do
+  mean) or pixel crops (`"crop"`, what the agent stores: a 24x48 colour crop around the point acted
+  on, as 3456 floats 0..255; it joins a cluster when `crop_similarity` to the cluster's first crop is
+  >= `target_similarity`: colour differences count, shifts of up to 12 px across and 8 px down do
   not, so two clicks on one button at different places are one target, and a crop stays valid
   however the agent's encoder changes);
 - typed text becomes "a span of the instruction" (a parameter; the span is its default when every
@@ -118,20 +118,21 @@ class ResolveFailure:
         return False
 
 
-CROP_SHAPE = (16, 48, 3)
+CROP_SHAPE = (24, 48, 3)
 CROP_N = CROP_SHAPE[0] * CROP_SHAPE[1] * CROP_SHAPE[2]
+CENTRE = (slice(CROP_SHAPE[0] // 2 - 4, CROP_SHAPE[0] // 2 + 4), slice(CROP_SHAPE[1] // 2 - 12, CROP_SHAPE[1] // 2 + 12))
 CROP_SIGMA = 0.12  # RMS colour difference (0..1) at which crop similarity falls to 1/e (as agent/recall.py)
 
 
 def crop_similarity(crop: np.ndarray, others: np.ndarray) -> np.ndarray:
     """Similarity in [0, 1] of one crop (CROP_N,) to each of others (M, CROP_N): the centre 8x24 of `crop` slid
-    over each other crop (shifts -4..4 down, -12..12 across), exp(-least mean squared colour difference / sigma^2)."""
+    over each other crop (shifts -8..8 down, -12..12 across), exp(-least mean squared colour difference / sigma^2)."""
     import torch
     import torch.nn.functional as F
 
     h, w, _ = CROP_SHAPE
     o = torch.from_numpy(np.asarray(others, np.float32).reshape(-1, h, w, 3)).permute(0, 3, 1, 2) / 255.0
-    t = torch.from_numpy(np.asarray(crop, np.float32).reshape(1, h, w, 3)).permute(0, 3, 1, 2)[:, :, 4:12, 12:36] / 255.0
+    t = torch.from_numpy(np.asarray(crop, np.float32).reshape(1, h, w, 3)).permute(0, 3, 1, 2)[:, :, CENTRE[0], CENTRE[1]] / 255.0
     cross = F.conv2d(o, t)  # (M,1,9,25): sum window*template
     energy = F.conv2d(o * o, torch.ones_like(t))  # sum window^2
     msd = ((energy - 2 * cross + (t * t).sum()) / t.numel()).clamp(min=0)

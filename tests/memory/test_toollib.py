@@ -212,7 +212,7 @@ def test_mining_in_a_background_thread_while_the_agent_writes(db):
     assert db.integrity_check() == "ok"
 
 
-# -- crop targets (what the agent stores: 16x48 colour crops around the point acted on) ------------------------
+# -- crop targets (what the agent stores: 24x48 colour crops around the point acted on) ------------------------
 
 def button_screen(buttons):
     """A white 160x210 screen with labelled buttons [(x, y, label, fill)], drawn in the desktop's font."""
@@ -228,9 +228,9 @@ def button_screen(buttons):
 
 
 def crop_at(frame, x, y):
-    out = np.full((16, 48, 3), 255, np.float32)
-    y0, x0 = y - 8, x - 24
-    for j in range(16):
+    out = np.full((24, 48, 3), 255, np.float32)
+    y0, x0 = y - 12, x - 24
+    for j in range(24):
         for i in range(48):
             if 0 <= y0 + j < frame.shape[0] and 0 <= x0 + i < frame.shape[1]:
                 out[j, i] = frame[y0 + j, x0 + i]
@@ -246,9 +246,9 @@ def test_crop_targets_cluster_by_appearance_wherever_on_the_button_the_click_was
     a = button_screen([(20, 30, "Submit", GREY), (80, 100, "Cancel", GREY), (20, 150, "Submit", BLUE)])
     ref = crop_at(a, 42, 39)
     elsewhere = button_screen([(60, 60, "Submit", GREY)])
-    shifted = np.stack([crop_at(elsewhere, 82 + dx, 69 + dy) for dx, dy in [(0, 0), (4, 0), (-8, 2), (10, -3)]])
+    shifted = np.stack([crop_at(elsewhere, 82 + dx, 69 + dy) for dx, dy in [(0, 0), (4, 0), (-8, 2), (10, -3), (2, 7), (-6, -7)]])
     assert crop_similarity(ref, shifted).min() > 0.95  # the same button, clicked at other places on it
-    other = np.stack([crop_at(a, 102, 109), crop_at(a, 42, 159), np.full(16 * 48 * 3, 255, np.float32)])
+    other = np.stack([crop_at(a, 102, 109), crop_at(a, 42, 159), np.full(24 * 48 * 3, 255, np.float32)])
     assert crop_similarity(ref, other).max() < 0.8  # another label; the same label in another colour; nothing
 
 
@@ -268,7 +268,7 @@ def test_mining_crop_targets_finds_the_routine_and_ignores_other_targets(db, tmp
     (tid,) = lib.mine(episodes)
     tool = lib.get(tid)
     assert [s.kind for s in tool.steps] == ["click", "key"] and tool.steps[1].key == "Enter"
-    assert tool.steps[0].target.shape == (16 * 48 * 3,) and tool.support == 12
+    assert tool.steps[0].target.shape == (24 * 48 * 3,) and tool.support == 12
     with pytest.raises(ValueError, match="by appearance"):
         lib.resolve(tool, np.zeros((4, E), np.float32))
     with AgentDB.open(tmp_path) as again:  # the clusters persist: the same routine gives the same tool
