@@ -434,6 +434,10 @@ class DistributedLearner:
         self.env_steps, self.episodes, self.updates = c["env_steps"], c["episodes"], c["updates"]
         self._task_i = c.get("task_i", 0)
 
+    @property
+    def decisions(self) -> int:
+        return self.env_steps  # the actors call no tools (--agent.tools is refused with --actors): one each
+
     def run(self, total_steps: int) -> None:
         """Gather and learn until `total_steps` env steps in all (counting earlier runs when resumed)."""
         import ray
