@@ -13,7 +13,6 @@ clip against the stored behaviour log-probabilities covers the lag), and a good 
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -116,8 +115,7 @@ def _pretrained(cfg: AgentConfig) -> str | None:
         if cfg.encoder not in _NOTED:
             _NOTED.add(cfg.encoder)
             print(f"squirrel: no reading prior for encoder {Path(cfg.encoder).stem} yet, so the agent starts from random "
-                  "init; `squirrel pretrain` makes one once (about 4 minutes here) and later runs start from it",
-                  file=sys.stderr)
+                  "init; `squirrel pretrain` makes one once (about 4 minutes here) and later runs start from it")
         return None
 
 

@@ -124,44 +124,133 @@ CENTRE = (slice(CROP_SHAPE[0] // 2 - 4, CROP_SHAPE[0] // 2 + 4), slice(CROP_SHAP
 CROP_SIGMA = 0.12  # RMS colour difference (0..1) at which crop similarity falls to 1/e (as agent/recall.py)
 
 
-def crop_similarity(crop: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """Similarity in [0, 1] of one crop (CROP_N,) to each of others (M, CROP_N): the centre 8x24 of `crop` slid
-    over each other crop (shifts -8..8 down, -12..12 across), exp(-least mean squared colour difference / sigma^2)."""
+def _images(crops: np.ndarray):
+    """(M, CROP_N) or (CROP_N,) crops in 0..255 -> torch (M, 3, h, w) in 0..1."""
+    import torch
+
+    h, w, _ = CROP_SHAPE
+    return torch.from_numpy(np.ascontiguousarray(crops, np.float32).reshape(-1, h, w, 3)).permute(0, 3, 1, 2) / 255.0
+
+
+def _prepare(crops: np.ndarray):
+    """What `crop_similarity` needs of each crop compared with, whatever the new crop: its spectrum (M, 3, h,
+    w/2+1) and, at each shift, the energy (sum of squares) of the window the new crop's centre covers."""
     import torch
     import torch.nn.functional as F
 
+    o = _images(crops)
+    th, tw = CENTRE[0].stop - CENTRE[0].start, CENTRE[1].stop - CENTRE[1].start
+    ii = F.pad((o * o).sum(1), (1, 0, 1, 0)).cumsum(1).cumsum(2)  # integral image
+    energy = ii[:, th:, tw:] - ii[:, :-th, tw:] - ii[:, th:, :-tw] + ii[:, :-th, :-tw]  # (M, 17, 25)
+    return torch.fft.rfft2(o), energy
+
+
+def _similarity(crop: np.ndarray, spec, energy) -> np.ndarray:
+    """crop_similarity against crops already `_prepare`d."""
+    import torch
+
     h, w, _ = CROP_SHAPE
-    o = torch.from_numpy(np.asarray(others, np.float32).reshape(-1, h, w, 3)).permute(0, 3, 1, 2) / 255.0
-    t = torch.from_numpy(np.asarray(crop, np.float32).reshape(1, h, w, 3)).permute(0, 3, 1, 2)[:, :, CENTRE[0], CENTRE[1]] / 255.0
-    cross = F.conv2d(o, t)  # (M,1,9,25): sum window*template
-    energy = F.conv2d(o * o, torch.ones_like(t))  # sum window^2
-    msd = ((energy - 2 * cross + (t * t).sum()) / t.numel()).clamp(min=0)
+    t = _images(crop)[0, :, CENTRE[0], CENTRE[1]]  # (3, 8, 24)
+    th, tw = t.shape[1:]
+    # sum window * centre at every shift, by FFT; shifts where the centre stays inside the crop do not wrap
+    cross = torch.fft.irfft2(torch.einsum("mcyx,cyx->myx", spec, torch.fft.rfft2(t, s=(h, w)).conj()), s=(h, w))
+    cross = cross[:, :h - th + 1, :w - tw + 1]
+    msd = ((energy - 2 * cross + (t * t).sum()) / t.numel()).clamp(min=0)  # mean squared colour difference
     return torch.exp(-msd.flatten(1).amin(1) / CROP_SIGMA ** 2).numpy()
+
+
+def crop_similarity(crop: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Similarity in [0, 1] of one crop (CROP_N,) to each of others (M, CROP_N): the centre 8x24 of `crop` slid
+    over each other crop (shifts -8..8 down, -12..12 across), exp(-least mean squared colour difference / sigma^2).
+
+    Squared colour difference, not normalised correlation: colour counts (a red box is not a blue one) and a
+    uniform crop needs no special case (1 against the same colour, low against anything else)."""
+    return _similarity(crop, *_prepare(np.asarray(others, np.float32).reshape(-1, CROP_N)))
+
+
+class _CropIndex:
+    """The first `n` representatives `_prepare`d, in buffers grown by doubling: comparing a new crop with M
+    clusters is one product of spectra and one small inverse FFT per cluster (~10 ms per thousand here)."""
+
+    def __init__(self):
+        self.n, self.spec, self.energy = 0, None, None
+
+    def extend(self, crops: np.ndarray) -> None:
+        spec, energy = _prepare(crops)
+        self.spec, self.energy = _grow(self.spec, self.n, spec), _grow(self.energy, self.n, energy)
+        self.n += len(crops)
+
+    def similarity(self, crop: np.ndarray) -> np.ndarray:
+        return _similarity(crop, self.spec[:self.n], self.energy[:self.n])
+
+
+def _grow(buf, n: int, extra):
+    """buf[:n] followed by extra, in buf itself when it has room, else in a buffer twice as long (numpy or torch)."""
+    if buf is None or n + len(extra) > len(buf):
+        shape = (max(n + len(extra), 2 * n, 16), *extra.shape[1:])
+        new = np.empty(shape, extra.dtype) if isinstance(extra, np.ndarray) else extra.new_empty(shape)
+        if n:
+            new[:n] = buf[:n]
+        buf = new
+    buf[n:n + len(extra)] = extra
+    return buf
 
 
 @dataclass
 class _Clusters:
-    """Appearance clusters of targets, per embedding size: running means, compared by cosine."""
+    """Appearance clusters of targets, one matrix of rows per target size (a row per cluster, in `ids` order).
 
+    Cosine mode: a row is the sum of its members' unit vectors; a target joins the cluster whose mean is most
+    cosine-similar. Crop mode: a row is the cluster's first crop, its representative (never averaged: a mean
+    of shifted crops blurs); a target joins the cluster whose representative is most `crop_similarity`-similar.
+    """
+
+    crops: bool = False  # crop mode
     ids: dict[int, list[int]] = field(default_factory=dict)
-    sums: dict[int, np.ndarray] = field(default_factory=dict)  # dim -> (n, dim) sum of unit vectors
+    buffers: dict[int, np.ndarray] = field(default_factory=dict)  # dim -> (capacity, dim); see rows()
     counts: dict[int, int] = field(default_factory=dict)
     labels: dict[int, Counter] = field(default_factory=dict)
     thumbs: dict[int, bytes | None] = field(default_factory=dict)
     next_id: int = 1
     dirty: set = field(default_factory=set)
-    crops: bool = False  # crop mode: sums holds each cluster's first crop, never summed
+    index: _CropIndex = field(default_factory=_CropIndex)  # crop mode: rows(CROP_N)[:index.n], prepared
+
+    def rows(self, dim: int) -> np.ndarray:
+        return self.buffers[dim][:len(self.ids[dim])]
+
+    def add(self, cid: int, row: np.ndarray) -> None:
+        ids = self.ids.setdefault(len(row), [])
+        self.buffers[len(row)] = _grow(self.buffers.get(len(row)), len(ids), np.asarray(row, np.float32)[None])
+        ids.append(cid)
+
+    def drop(self, cids: set) -> None:
+        for dim, ids in self.ids.items():
+            keep = [j for j, cid in enumerate(ids) if cid not in cids]
+            self.buffers[dim], self.ids[dim] = self.rows(dim)[keep], [ids[j] for j in keep]
+        for cid in cids:
+            for d in (self.counts, self.labels, self.thumbs):
+                d.pop(cid, None)
+        self.index = _CropIndex()
 
     def centroid(self, cid: int) -> np.ndarray:
         for dim, ids in self.ids.items():
             if cid in ids:
-                v = self.sums[dim][ids.index(cid)]
-                return v.astype(np.float32) if self.crops else (v / np.linalg.norm(v)).astype(np.float32)
+                v = self.rows(dim)[ids.index(cid)]
+                return v.copy() if self.crops else (v / np.linalg.norm(v)).astype(np.float32)
         raise KeyError(cid)
 
     def label(self, cid: int) -> str | None:
         c = self.labels.get(cid)
         return c.most_common(1)[0][0] if c else None
+
+    def similarities(self, v: np.ndarray) -> np.ndarray:
+        """Of a target (normalised in cosine mode) to every cluster of its size, in `ids` order."""
+        rows = self.rows(len(v))
+        if not self.crops:
+            return (rows @ v) / np.maximum(1e-12, np.linalg.norm(rows, axis=1))
+        if self.index.n < len(rows):
+            self.index.extend(rows[self.index.n:])
+        return self.index.similarity(v)
 
     def assign(self, target: np.ndarray, threshold: float, label: str | None, thumb: bytes | None) -> int | None:
         """The cluster the target joins (a new one if none is similar enough); None for a target this mode cannot
@@ -171,23 +260,18 @@ class _Clusters:
             return None
         if not self.crops:
             v = v / max(1e-12, float(np.linalg.norm(v)))
-        dim = len(v)
-        ids = self.ids.setdefault(dim, [])
         cid = None
-        if ids:
-            sums = self.sums[dim]
-            sims = crop_similarity(v, sums) if self.crops else \
-                (sums @ v) / np.maximum(1e-12, np.linalg.norm(sums, axis=1))
+        if self.ids.get(len(v)):
+            sims = self.similarities(v)
             j = int(np.argmax(sims))
             if sims[j] >= threshold:
-                cid = ids[j]
+                cid = self.ids[len(v)][j]
                 if not self.crops:
-                    sums[j] += v
+                    self.rows(len(v))[j] += v
         if cid is None:
             cid = self.next_id
             self.next_id += 1
-            ids.append(cid)
-            self.sums[dim] = np.vstack([self.sums[dim], v[None]]) if dim in self.sums else v[None].copy()
+            self.add(cid, v)
             self.thumbs[cid] = thumb
         self.counts[cid] = self.counts.get(cid, 0) + 1
         if label:
@@ -247,6 +331,7 @@ class ToolLibrary:
             self._clusters = None  # another ToolLibrary on this database changed them
         if self._clusters is None:
             cl = _Clusters(crops=self.target_match == "crop")
+            rows: dict[int, list[np.ndarray]] = {}
             for cid, blob, count, label, thumb in self.db.read(
                     "SELECT id, centroid, count, label, thumbnail FROM tool_targets ORDER BY id"):
                 v = from_blob(blob)
@@ -254,12 +339,11 @@ class ToolLibrary:
                 if cl.crops and len(v) != CROP_N:
                     continue  # another mode's clusters in the same database
                 cl.ids.setdefault(len(v), []).append(cid)
-                s = v if cl.crops else v * count
-                cl.sums[len(v)] = np.vstack([cl.sums[len(v)], s[None]]) if len(v) in cl.sums else s[None].copy()
+                rows.setdefault(len(v), []).append(v if cl.crops else v * count)
                 cl.counts[cid] = count
                 cl.labels[cid] = Counter(json.loads(label)) if label else Counter()
                 cl.thumbs[cid] = thumb
-                cl.next_id = max(cl.next_id, cid + 1)
+            cl.buffers = {dim: np.stack(r).astype(np.float32) for dim, r in rows.items()}
             cl.next_id = max(cl.next_id, int(self.db.get_meta("tool_targets_next", "1")))  # ids are never reused
             self._clusters, self._clusters_stamp = cl, stamp
         return self._clusters
@@ -280,10 +364,7 @@ class ToolLibrary:
             drop = [cid for ids in cl.ids.values() for cid in ids if cl.counts[cid] == 1 and cid not in in_tools]
             drop = set(sorted(drop)[:n - self.max_targets])
             c.executemany("DELETE FROM tool_targets WHERE id = ?", [(cid,) for cid in drop])
-            for dim, ids in cl.ids.items():
-                keep = [j for j, cid in enumerate(ids) if cid not in drop]
-                cl.ids[dim] = [ids[j] for j in keep]
-                cl.sums[dim] = cl.sums[dim][keep]
+            cl.drop(drop)
         c.execute("INSERT INTO meta(key, value) VALUES ('tool_targets_next', ?) "
                   "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(cl.next_id),))
         self._clusters_stamp = c.execute("SELECT count(*), max(id), sum(count) FROM tool_targets").fetchone()

@@ -101,9 +101,9 @@ def test_by_default_the_agent_starts_from_the_cached_prior_or_says_how_to_make_o
     learner._NOTED.discard(TINY)
     torch.manual_seed(0)
     a = Agent(AgentConfig(encoder=TINY))  # the default: pretrained "auto", nothing cached yet
-    assert a.pretrained_from is None and "squirrel pretrain" in capsys.readouterr().err
+    assert a.pretrained_from is None and "squirrel pretrain" in capsys.readouterr().out
     Agent(AgentConfig(encoder=TINY))
-    assert capsys.readouterr().err == ""  # said once
+    assert capsys.readouterr().out == ""  # said once
     info = pretrain(tiny_cfg(steps=5), log=lambda *_: None)
     b = Agent(AgentConfig(encoder=TINY))
     assert b.pretrained_from == info["path"] and b.policy.learned_matcher
