@@ -221,7 +221,11 @@ def cached(cfg: PretrainConfig) -> dict | None:
     return info
 
 
-def pretrain(cfg: PretrainConfig, log=print) -> dict:
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def pretrain(cfg: PretrainConfig, log=_say) -> dict:
     """Train (or find in the cache) the prior for `cfg`; returns its summary (path, minutes, metrics, hashes).
     Ctrl-C / SIGTERM stop early: nothing is written then (a half-trained prior must not be reused as this
     config's)."""
@@ -237,6 +241,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     model = ReadingModel(create_encoder(cfg.encoder), cfg.match_channels)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(cfg.steps, 1), pct_start=0.1)
+    log(f"pretrain: training the reading prior for {Path(cfg.encoder).stem}, {cfg.steps} steps (Ctrl-C stops it)")
     bar = None
     if cfg.progress:
         from tqdm import tqdm

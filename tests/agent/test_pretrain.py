@@ -172,7 +172,9 @@ def test_sigterm_stops_pretrain_cleanly_and_leaves_no_prior(cache):
                           "--no-progress"], cwd=root, env=dict(os.environ), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(8)  # imports, then training
+        first = p.stdout.readline()  # once it says it is training (a signal during imports is another test)
+        assert first.startswith("pretrain: training"), first + p.stderr.read()
+        time.sleep(1)
         assert p.poll() is None
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=30)
