@@ -266,8 +266,9 @@ class LearnRun:
 
             if self.cfg.actors:
                 raise UserError("--agent.tools runs in the single-process loop; leave out --actors to use tools")
-            self.agent.tools = ToolSet(ToolLibrary(self.db, target_match="crop", auto_activate=self.cfg.tool_support or None),
-                                       self.cfg.agent.tool_threshold)
+            # crop clusters keep their spectra in memory (~30 KB each): 5,000 of them, the oldest seen-once go first
+            self.agent.tools = ToolSet(ToolLibrary(self.db, target_match="crop", auto_activate=self.cfg.tool_support or None,
+                                                   max_targets=5000), self.cfg.agent.tool_threshold)
         if self.env is None and not self.cfg.actors:  # (actors start their own desktops)
             self.env = make_task_env(self.tasks, self.cfg.display or None, self.cfg.target_window)
         self.learner = (self._distributed_learner() if self.cfg.actors
