@@ -391,12 +391,13 @@ class Learner:
             for cb in self.decision_callbacks:
                 cb(ob, out)
             next_obs, reward, terminated, truncated, info, prims = execute(self.agent, self.env, obs, a)
-            self.env_steps += len(prims) if prims is not None else 1
+            duration = env_steps_of(prims)
+            self.env_steps += duration
             self.decisions += 1
             changed = not np.array_equal(next_obs["screen"], obs["screen"])
             step = Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(reward),
                         bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None,
-                        tin[0] if tin else None, max(1, len(prims)) if prims is not None else 1, prims,
+                        tin[0] if tin else None, max(1, duration), prims,
                         mem[0] if mem else None)
             if not self._ask:  # a person's task waits for its verdict before it is learned from
                 self.buffer.append(step)
@@ -486,7 +487,7 @@ def greedy_episodes(agent: Agent, env, task: str, seeds) -> tuple[int, int]:
         while True:
             a = agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]), greedy=True)[0]
             obs, _, terminated, truncated, info, prims = execute(agent, env, obs, a)
-            steps += len(prims) if prims is not None else 1
+            steps += env_steps_of(prims)
             if terminated or truncated:
                 wins += bool(info.get("success"))
                 break
@@ -512,6 +513,11 @@ def execute(agent: Agent, env, obs: dict, a: ActionBatch):
     g = agent.cfg.gamma
     reward = sum(r * g ** i for i, r in enumerate(rewards))
     return last[0], reward, last[2], last[3], last[4], prims
+
+
+def env_steps_of(prims: list | None) -> int:
+    """Env steps a decision took, from execute()'s prims: one for a primitive action, each step of a tool call."""
+    return 1 if prims is None else len(prims)
 
 
 def ppo_batch(agent: Agent, steps: list[Step], finals: dict[int, tuple[float, torch.Tensor]],

@@ -1,8 +1,8 @@
 """Tools as actions: the active tools of the library (memory/tools.py) offered to the policy as options.
 
 A tool is a short routine mined from the agent's own successes, e.g. click[Submit-like] -> key Return, or
-type[text] -> key Return. Its targets are pixel crops (agent/recall.py's 16x48 appearance around the point
-acted on), so a tool is found on a new screen by appearance, whatever the encoder has learned since.
+type[text] -> key Return. Its targets are pixel crops (24x48 around the point acted on, compared by their
+centre: memory.tools.crop_similarity), so a tool is found on a new screen by appearance, whatever the encoder has learned since.
 
     slots: up to MAX_TOOLS active tools; each described to the policy by a fixed feature vector (TOOL_F):
            per step, its kind (one-hot), key (one-hot) and its target's appearance (4x12 grey), zero-padded
