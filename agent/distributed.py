@@ -238,11 +238,14 @@ class EpisodeActor:
         obs, info = self.env.reset(seed=seed, options={"task": task})
         ask = bool(info.get("ask_person"))
         steps, ret, instruction = [], 0.0, obs["instruction"]
+        self.agent.goal_text.start(obs["screen"], instruction)
         while True:
             a, logp, value, state, af, _, match = self.agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]))
             next_obs, reward, terminated, truncated, info = self.env.step(self.agent.policy.to_action(a))
             changed = not np.array_equal(next_obs["screen"], obs["screen"])
-            steps.append(Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(reward),
+            ended = terminated or (truncated and self.agent.cfg.timeout_is_failure)
+            shaped = reward + self.agent.goal_text.shape(next_obs["screen"], ended)
+            steps.append(Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(shaped),
                               bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None))
             ret += float(reward)
             obs = next_obs

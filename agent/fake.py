@@ -48,7 +48,7 @@ class FakeDesktopEnv(gym.Env):
             self.instruction = f"Click the {self.target} box."
         else:
             self.word = str(rng.choice(WORDS))
-            self.instruction = f"Type {self.word} and press Enter."
+            self.instruction = f'Type "{self.word}" and press Enter.'
         return self._obs(), {"task": f"fake-{self.task}", "success": None}
 
     def oracle_action(self) -> Action:

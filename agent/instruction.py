@@ -4,11 +4,15 @@
   the MiniLM tokens inside the word), so the policy can point at words to type;
 - its look: each word rendered as pixels in the desktop's font (DejaVu Sans, 11 px, as the
   playground and most X apps draw text), centred on a fixed canvas, so finding "the thing that says
-  WORD" becomes matching the screen against the rendered word (DESIGN.md decision 5).
+  WORD" becomes matching the screen against the rendered word (DESIGN.md decision 5);
+- two conventions of written instructions, read lexically: which words are in quotes (text to enter is
+  quoted) and which words name a key ("press Enter"). The policy starts out favouring them when it types
+  or presses a key, with gains it learns (agent/policy.py); nothing here knows any task.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections import OrderedDict
@@ -18,11 +22,16 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from agent.actions import words
+from agent.actions import KEYS, words
 
 MAX_WORDS = 24  # instruction words the policy sees (and can type)
 WORD_H, WORD_W = 16, 80  # rendered word canvas, pixels
 FONT_PX = 11
+# Words that name a key of the action space (agent.actions.KEYS). Only unambiguous names: "up", "left", "end",
+# "home" are more often ordinary words in an instruction than keys.
+KEY_WORDS = {"enter": "Return", "return": "Return", "tab": "Tab", "escape": "Escape", "esc": "Escape",
+             "backspace": "BackSpace", "delete": "Delete", "space": "space"}
+_QUOTED = re.compile(r'"[^"]+"|\u201c[^\u201d]+\u201d|(?<![\w])\'[^\']+\'(?![\w])')
 
 
 class InstructionFeatures(NamedTuple):
@@ -31,6 +40,8 @@ class InstructionFeatures(NamedTuple):
     word_mask: torch.Tensor  # (K,) bool
     word_pixels: np.ndarray  # (K, WORD_H, WORD_W, 3) uint8: black text on white, centred
     word_widths: np.ndarray  # (K,) int: rendered width in pixels (0 past the end)
+    quoted: torch.Tensor  # (K,) bool: the word is inside quotes
+    key_named: torch.Tensor  # (K, len(KEYS)) bool: the word names that key
 
 
 @lru_cache(maxsize=None)
@@ -50,6 +61,22 @@ def font(px: int = 11, bold: bool = False):
             except OSError:
                 continue
     return ImageFont.load_default(px)
+
+
+def quoted_words(instruction: str, spans: list[tuple[int, int]]) -> list[bool]:
+    """Per word span, whether it lies inside a quoted part of the instruction ("...", \u201c...\u201d or '...')."""
+    regions = [m.span() for m in _QUOTED.finditer(instruction)]
+    return [any(s <= a and b <= e for s, e in regions) for a, b in spans]
+
+
+def key_names(instruction: str, spans: list[tuple[int, int]]) -> np.ndarray:
+    """(len(spans), len(KEYS)) bool: which key each word names (KEY_WORDS, case-insensitive)."""
+    out = np.zeros((len(spans), len(KEYS)), bool)
+    for k, (a, b) in enumerate(spans):
+        key = KEY_WORDS.get(instruction[a:b].lower())
+        if key is not None:
+            out[k, KEYS.index(key)] = True
+    return out
 
 
 def _font():
@@ -97,12 +124,16 @@ class InstructionCache:
         mask = torch.zeros(MAX_WORDS, dtype=torch.bool)
         pixels = np.full((MAX_WORDS, WORD_H, WORD_W, 3), 255, np.uint8)
         widths = np.zeros(MAX_WORDS, np.int64)
+        quoted = torch.zeros(MAX_WORDS, dtype=torch.bool)
+        quoted[: len(spans)] = torch.tensor(quoted_words(instruction, spans), dtype=torch.bool)
+        named = torch.zeros(MAX_WORDS, len(KEYS), dtype=torch.bool)
+        named[: len(spans)] = torch.from_numpy(key_names(instruction, spans))
         for k, (a, b) in enumerate(spans):
             rows = [i for i, (s, e) in enumerate(enc.spans) if s < b and e > a]
             wv[k] = enc.tokens[rows].mean(0) if rows else enc.sentence
             mask[k] = True
             pixels[k], widths[k] = render_word(instruction[a:b])
-        return InstructionFeatures(enc.sentence.clone(), wv, mask, pixels, widths)
+        return InstructionFeatures(enc.sentence.clone(), wv, mask, pixels, widths, quoted, named)
 
     def batch(self, instructions: list[str]) -> dict[str, torch.Tensor]:
         """Stacked features for a batch of instructions (what Policy.forward takes)."""
@@ -114,4 +145,6 @@ class InstructionCache:
             "word_mask": torch.stack([f.word_mask[:k] for f in fs]),
             "word_pixels": torch.from_numpy(np.stack([f.word_pixels[:k] for f in fs])),
             "word_widths": torch.from_numpy(np.stack([f.word_widths[:k] for f in fs])),
+            "quoted": torch.stack([f.quoted[:k] for f in fs]),
+            "key_named": torch.stack([f.key_named[:k] for f in fs]),
         }

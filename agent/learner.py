@@ -26,6 +26,7 @@ from agent.actions import KEYS, ActionType
 from agent.instruction import InstructionCache
 from agent.policy import N_TYPES, POINTER_IDS, TOOL, ActionBatch, Policy
 from agent.recall import MAP_SHAPE, MEM_F
+from agent.shaping import GoalText
 from squirrel.errors import UserError
 from trainer.batches import Evaluation, PPOBatch, SILBatch
 from trainer.gae import gae
@@ -63,6 +64,9 @@ class AgentConfig:
     learned_matcher: bool = True
     """Also match the rendered words in the encoder's learned stride-4 features (what the reading prior trains;
     ~15% fewer env steps/s than the fixed pixel match alone, which stays on)."""
+    text_prior: bool = True
+    """Start out favouring what written instructions mark: a quoted phrase as the text to type, a named key
+    ("press Enter") as the key to press (agent/instruction.py); learned gains decide how much to keep trusting them."""
     rollout: int = 128
     """Env steps between updates."""
     gamma: float = 0.97
@@ -71,6 +75,10 @@ class AgentConfig:
     """GAE lambda."""
     curiosity: float = 0.02
     """Weight of the world model's prediction error as an intrinsic reward (0: off)."""
+    goal_shaping: float = 0.5
+    """Potential-based shaping by the goal text: reward for making the instruction's quoted text appear on the
+    screen, taken back when the episode ends (agent/shaping.py; leaves the optimal policy unchanged). The steps'
+    rewards the database keeps (and the panel shows) include it; episode returns and success do not. 0: off."""
     timeout_is_failure: bool = True
     """Treat the task's step budget as part of the task: a timeout is a final failure (its -1 is the outcome),
     not a cut-off to bootstrap past."""
@@ -132,7 +140,7 @@ class Agent:
         self.pretrained_from = _pretrained(cfg)  # the weights file it started from (None: random init)
         encoder = create_encoder(cfg.encoder, self.pretrained_from, freeze=cfg.freeze_encoder)
         self.policy = Policy(encoder, reading=cfg.reading, layers=cfg.fusion_layers, learned_matcher=cfg.learned_matcher,
-                             recall=cfg.memory, tools=cfg.tools)
+                             recall=cfg.memory, tools=cfg.tools, text_prior=cfg.text_prior)
         D = encoder.dim
         self.n_types = N_TYPES + int(cfg.tools)  # "call a tool" is one more type
         self.action_dim = self.n_types + D + len(KEYS)
@@ -140,13 +148,15 @@ class Agent:
         # Adam moves each weight by about lr per step, so a unit-scale gain (how much to trust the word
         # match) would need thousands of updates at the shared lr: the reading scalars get their own.
         gains = [p for n, p in self.policy.named_parameters()
-                 if n in ("match_gain", "learned_gain", "density_gain", "recall_gain")]
+                 if n in ("match_gain", "learned_gain", "density_gain", "recall_gain", "quote_gain", "key_name_gain",
+                          "type_prior_gain")]
         rest = [p for p in list(self.policy.parameters()) + list(self.world_model.parameters())
                 if p.requires_grad and all(p is not g for g in gains)]
         groups = [{"params": rest}] + ([{"params": gains, "lr": cfg.gain_lr}] if gains else [])
         self.optimizer = torch.optim.Adam(groups, lr=cfg.ppo.lr, eps=1e-5)
         self.plasticity = ShrinkPerturb([self.policy, self.world_model], cfg.plasticity)  # after every update
         self.instructions = InstructionCache(text_encoder)
+        self.goal_text = GoalText(self.instructions, cfg.goal_shaping, cfg.gamma)  # the episode's shaping
         self.recall = None  # an agent.recall.Recall when cfg.memory (set by whoever owns the database)
         self.tools = None  # an agent.tools.ToolSet when cfg.tools (likewise); None: no tool is offered
 
@@ -377,6 +387,7 @@ class Learner:
         self._ask = bool(info.get("ask_person"))
         self._cur_start = len(self.buffer)
         self.episode_steps, self._ret = [], 0.0
+        self.agent.goal_text.start(obs["screen"], obs["instruction"])
 
     def run(self, total_steps: int) -> None:
         """Act and learn until `total_steps` env steps in all (counting earlier runs when resumed)."""
@@ -395,7 +406,9 @@ class Learner:
             self.env_steps += duration
             self.decisions += 1
             changed = not np.array_equal(next_obs["screen"], obs["screen"])
-            step = Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(reward),
+            ended = terminated or (truncated and self.cfg.timeout_is_failure)
+            shaped = reward + self.agent.goal_text.shape(next_obs["screen"], ended, max(1, duration))
+            step = Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(shaped),
                         bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None,
                         tin[0] if tin else None, max(1, duration), prims,
                         mem[0] if mem else None)

@@ -10,6 +10,9 @@
              the screen (agent/reading.py; optionally also in the encoder's own learned stride-4 features);
              a learned choice of word adds its match map to the point logits, so "click the thing that
              says WORD" is matching, which works for words never seen before.
+    text prior: words in quotes add to the TYPE span's start and length logits (a quoted phrase is what to
+             enter), words naming a key ("press Enter") to that key's logit, and either kind present to the
+             TYPE / KEY type logits; each by a learned gain (agent/instruction.py reads them).
     tools (optional, agent/tools.py): a 10th action type "call a tool" (offered only when a tool is available
              on the screen), a slot head (the goal state against each tool's descriptor) and the span head for
              a tool that types: the value of calling a tool is learned like any action's (options).
@@ -60,7 +63,7 @@ class PolicyOutput(NamedTuple):
     type_logits: torch.Tensor  # (B,9)
     key_logits: torch.Tensor  # (B,20)
     start_logits: torch.Tensor  # (B,K)
-    len_logits: torch.Tensor  # (B,4)
+    len_logits: torch.Tensor  # (B,K,4) per start word
     patch_logits: torch.Tensor  # (B,N)
     sub_logits: torch.Tensor  # (B,N,16)
     patch2_logits: torch.Tensor  # (B,N)
@@ -125,7 +128,7 @@ def reading_stem(encoder: nn.Module) -> tuple[nn.Module, int]:
 
 class Policy(nn.Module):
     def __init__(self, encoder: nn.Module, text_dim: int = 384, layers: int = 2, heads: int = 4, reading: bool = True,
-                 learned_matcher: bool = False, recall: bool = False, tools: bool = False):
+                 learned_matcher: bool = False, recall: bool = False, tools: bool = False, text_prior: bool = False):
         super().__init__()
         self.encoder, self.reading, self.learned_matcher = encoder, reading, reading and learned_matcher
         self.concurrent_matching = True  # acting: match the words on a second thread (see _MATCHER)
@@ -147,6 +150,10 @@ class Policy(nn.Module):
         self.len_head = nn.Linear(D, SPAN_LENS)
         self.start_head = nn.Linear(D, 1)
         self.point_head, self.point2_head = nn.Linear(D, 1 + SUB * SUB), nn.Linear(D, 1 + SUB * SUB)
+        if text_prior:  # how much to trust quotes and key names in the instruction (agent/instruction.py)
+            self.quote_gain = nn.Parameter(torch.tensor(3.0))  # one quoted word among 9: p(start there) ~ 0.7
+            self.key_name_gain = nn.Parameter(torch.tensor(3.0))  # one named key among 20: p(that key) ~ 0.5
+            self.type_prior_gain = nn.Parameter(torch.tensor(1.0))  # p(TYPE), p(KEY) ~ 0.08 -> ~0.2 each
         if tools:
             from agent.tools import TOOL_F
 
@@ -211,6 +218,15 @@ class Policy(nn.Module):
         h, w_out, p_out = out[:, 0], out[:, 2:2 + K], out[:, 2 + K + M:]  # (B,D), (B,K,D), (B,N,D)
         neg = torch.finfo(out.dtype).min
         start_logits = self.start_head(w_out)[..., 0].masked_fill(~mask, neg)  # (B,K)
+        len_logits = self.len_head(h)[:, None].expand(B, K, SPAN_LENS)  # (B,K,4): the same for every start word
+        key_logits, type_prior = self.key_head(h), torch.zeros(B, N_TYPES)
+        if hasattr(self, "quote_gain") and "quoted" in instr:
+            q, named = instr["quoted"].float(), instr["key_named"].float().amax(1)  # (B,K), (B,20)
+            start_logits = start_logits + self.quote_gain * q
+            len_logits = len_logits + self.quote_gain * quoted_runs(q)
+            key_logits = key_logits + self.key_name_gain * named
+            type_prior = type_prior.index_copy(1, torch.tensor([ActionType.KEY, ActionType.TYPE]),
+                                               torch.stack([named.amax(1), q.amax(1)], 1)) * self.type_prior_gain
         pl, pl2 = self.point_head(p_out), self.point2_head(p_out)  # (B,N,17)
         patch_logits, sub_logits = pl[..., 0], pl[..., 1:]
         match = torch.zeros(B, N, SUB * SUB)
@@ -233,14 +249,14 @@ class Policy(nn.Module):
             prior = prior[:, : gh * SUB, : gw * SUB].reshape(B, gh, SUB, gw, SUB).permute(0, 1, 3, 2, 4).reshape(B, N, SUB * SUB)
             sub_logits = sub_logits + self.recall_gain * prior
             patch_logits = patch_logits + (self.recall_gain * prior).amax(-1)
-        type_logits, tool_logits, tool_param = self.type_head(h), None, None
+        type_logits, tool_logits, tool_param = self.type_head(h) + type_prior, None, None
         if hasattr(self, "tool_call"):  # (B,T,F) descriptors and (B,T) masks of the tools offered (agent/tools.py)
             desc, avail, tool_param = instr["tool_desc"], instr["tool_mask"], instr["tool_param"]
             tool_logits = torch.einsum("bd,btd->bt", self.tool_query(h), self.tool_key(desc)) / D ** 0.5
             tool_logits = tool_logits.masked_fill(~avail, neg)
             call = self.tool_call(h).masked_fill(~avail.any(1, keepdim=True), neg)  # (B,1)
             type_logits = torch.cat([type_logits, call], 1)  # (B,10)
-        return PolicyOutput(type_logits, self.key_head(h), start_logits, self.len_head(h), patch_logits, sub_logits,
+        return PolicyOutput(type_logits, key_logits, start_logits, len_logits, patch_logits, sub_logits,
                             pl2[..., 0], pl2[..., 1:], self.value_head(h)[..., 0], pooled, p_out, match, tool_logits,
                             tool_param)
 
@@ -269,8 +285,9 @@ class Policy(nn.Module):
         ar = torch.arange(B)
         patch, patch2 = pick(o.patch_logits), pick(o.patch2_logits)
         tool = pick(o.tool_logits) if o.tool_logits is not None else torch.zeros(B, dtype=torch.long)
+        start = pick(o.start_logits)
         return ActionBatch(pick(o.type_logits), patch, pick(o.sub_logits[ar, patch]), patch2, pick(o.sub2_logits[ar, patch2]),
-                           pick(o.key_logits), pick(o.start_logits), pick(o.len_logits), tool)
+                           pick(o.key_logits), start, pick(o.len_logits[ar, start]), tool)
 
     def log_prob_entropy(self, o: PolicyOutput, a: ActionBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """log pi(a|s) counting only the heads the action type uses, and the policy's entropy (B,)."""
@@ -280,7 +297,8 @@ class Policy(nn.Module):
             "point": (Categorical(logits=o.patch_logits), Categorical(logits=o.sub_logits[ar, a.patch]), a.patch, a.sub),
             "point2": (Categorical(logits=o.patch2_logits), Categorical(logits=o.sub2_logits[ar, a.patch2]), a.patch2, a.sub2),
         }
-        key, start, length = Categorical(logits=o.key_logits), Categorical(logits=o.start_logits), Categorical(logits=o.len_logits)
+        key, start = Categorical(logits=o.key_logits), Categorical(logits=o.start_logits)
+        length = Categorical(logits=o.len_logits[ar, a.start])
         is_ptr = torch.isin(a.type, torch.tensor(POINTER_IDS))
         is_drag, is_key, is_type = a.type == ActionType.DRAG, a.type == ActionType.KEY, a.type == ActionType.TYPE
         pc, sc, pi, si = heads["point"]
@@ -327,6 +345,18 @@ class Policy(nn.Module):
         return {"type": int(action.type), "patch": patch, "sub": sub, "patch2": patch2, "sub2": sub2,
                 "key": KEYS.index(action.key) if action.key else 0, "start": action.span[0],
                 "length": min(max(action.span[1] - action.span[0], 0), SPAN_LENS - 1), "tool": 0}
+
+
+def quoted_runs(q: torch.Tensor) -> torch.Tensor:
+    """q (B,K) 0/1 quoted words -> (B,K,SPAN_LENS): 1 where words start..start+l are exactly one quoted run."""
+    B, K = q.shape
+    pad = F.pad(q, (1, SPAN_LENS))  # (B,1+K+SPAN_LENS): zeros before the first and after the last word
+    starts = q * (1 - pad[:, :K])  # quoted, the word before is not
+    out, inside = [], starts
+    for n in range(SPAN_LENS):
+        inside = inside * pad[:, 1 + n: 1 + n + K]  # words start..start+n all quoted
+        out.append(inside * (1 - pad[:, 2 + n: 2 + n + K]))  # and the run ends there
+    return torch.stack(out, -1)
 
 
 def _prep_words(encoder, wp: torch.Tensor) -> torch.Tensor:

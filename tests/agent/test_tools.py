@@ -152,7 +152,7 @@ def test_learning_with_tools_calls_them_and_records_their_steps(tmp_path):
 
     with AgentDB.open(tmp_path) as d:  # a tool already in this home's library (as the panel would approve one)
         tid = type_then_enter(ToolLibrary(d, target_match="crop", auto_activate=3))
-    cfg = LearnConfig(tasks="fake-type", home=str(tmp_path), tensorboard=False, progress=False, steps=300,
+    cfg = LearnConfig(tasks="fake-type", home=str(tmp_path), tensorboard=False, progress=False, steps=400,
                       mine_every=3, curve_every=100, agent=AgentConfig(encoder=TINY, threads=1, rollout=64, tools=True))
     run = LearnRun(cfg, ["fake-type"])
     run.start()
