@@ -87,10 +87,12 @@ class ReadingMatcher(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.stem(x))
 
-    def forward(self, screen: torch.Tensor, words: torch.Tensor, widths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """screen (B,3,H,W), words (B,K,3,16,80) preprocessed, widths (B,K) px, mask (B,K) -> (B,K,H/4,W/4) in [-1,1]."""
+    def forward(self, screen: torch.Tensor, words: torch.Tensor, widths: torch.Tensor, mask: torch.Tensor,
+                screen_stem: torch.Tensor | None = None) -> torch.Tensor:
+        """screen (B,3,H,W), words (B,K,3,16,80) preprocessed, widths (B,K) px, mask (B,K) -> (B,K,H/4,W/4) in [-1,1].
+        screen_stem: stem(screen) when already computed (the encoder's own first layers)."""
         B, K = widths.shape
-        f = self.features(screen)  # (B,C,h,w)
+        f = self.proj(screen_stem if screen_stem is not None else self.stem(screen))  # (B,C,h,w)
         C, h, w = f.shape[1:]
         valid = mask.flatten().nonzero()[:, 0]
         tv = self.features(words.flatten(0, 1)[valid])  # only real words: (V,C,4,24)
@@ -173,11 +175,17 @@ class Policy(nn.Module):
             self.density_gain = nn.Parameter(torch.tensor(0.0))  # learns how to treat the instruction's own text
         # the fixed pixel-space word match (agent/reading.py); off: the learned matcher is the only visual query
         self.pixel_match = True
+        self._shared_stem: nn.Module | None = None
         if self.learned_matcher:
             prior = getattr(encoder, "extras", {})  # a reading prior from `squirrel pretrain` (agent/pretrain.py)
             stem, ch = reading_stem(encoder)
             channels = prior["proj.weight"].shape[0] if "proj.weight" in prior else 8
             self.matcher = ReadingMatcher(stem, ch, channels)
+            # the stem's last module, when it is the encoder's own (its first layers applied to the screen): the
+            # forward reuses what the encoder computed instead of running the stem on the screen twice
+            conv1 = getattr(encoder.visual, "conv1", None)
+            if isinstance(conv1, nn.Sequential) and stem[-1] is conv1[len(stem) - 1] and sum(m is stem[-1] for m in conv1) == 1:
+                self._shared_stem = stem[-1]
             self.learned_gain = nn.Parameter(torch.tensor(0.3))
             self._prior_gain = 1.0  # learned_gain when the learned matcher is the only visual query
             if "proj.weight" in prior and prior["proj.weight"].shape == self.matcher.proj.weight.shape:
@@ -198,7 +206,14 @@ class Policy(nn.Module):
 
     def forward(self, x: torch.Tensor, instr: dict[str, torch.Tensor]) -> PolicyOutput:
         """x: preprocessed screens (B,3,H,W); instr: InstructionCache.batch() plus 'word_x' (B,K,3,16,96)."""
-        tokens, pooled = self.encoder(x)  # (B,N,D), (B,D)
+        stem = {}  # the encoder's own stride-4 features of x, when the learned matcher reads with its stem
+        hook = self._shared_stem.register_forward_hook(lambda m, i, o: stem.setdefault("f", o)) \
+            if self._shared_stem is not None else None
+        try:
+            tokens, pooled = self.encoder(x)  # (B,N,D), (B,D)
+        finally:
+            if hook is not None:
+                hook.remove()
         if isinstance(instr.get("match"), Future):  # computed meanwhile on the matcher thread (prepare())
             instr["match"] = instr["match"].result()  # in place: the caller keeps the maps it stores with the step
         B, N, D = tokens.shape
@@ -233,7 +248,7 @@ class Policy(nn.Module):
         if self.reading:
             r = instr["match"] if self.pixel_match else 0.0  # (B,K,h,w): each word's template match, per 4 px cell
             if self.learned_matcher:
-                r = r + self.learned_gain * self.matcher(x, instr["word_x"], instr["word_widths"], mask)
+                r = r + self.learned_gain * self.matcher(x, instr["word_x"], instr["word_widths"], mask, stem.get("f"))
             sel = self.word_select(w_out)[..., 0].masked_fill(~mask, neg).softmax(-1)  # (B,K) which word to find
             m = torch.einsum("bk,bkhw->bhw", sel, r)  # (B,h,w)
             gh, gw = self.grid

@@ -49,3 +49,26 @@ def test_matching_beside_the_encoder_gives_the_same_decision_as_after_it():
         outs.append((value, out.patch_logits, match[0]))
     for a, b in zip(*outs):
         assert torch.equal(a, b)
+
+
+def test_the_learned_matcher_reads_the_encoders_own_stem_features_as_if_it_ran_the_stem_again():
+    from agent.learner import Agent, AgentConfig, ObsBatch
+
+    torch.manual_seed(0)
+    agent = Agent(AgentConfig(threads=1, pretrained=""))  # the default encoder: a conv stem the matcher shares
+    policy = agent.policy
+    assert policy._shared_stem is not None
+    frames = np.random.default_rng(0).integers(0, 256, (2, 210, 160, 3), dtype=np.uint8)
+    ob = ObsBatch(frames, ["Click the orbit button", 'Type "harbor" and press Enter.'])
+
+    def run():
+        agent.optimizer.zero_grad()
+        o, _ = agent._forward(ob)
+        (o.sub_logits.sum() + o.value.sum()).backward()
+        return o.sub_logits.detach(), torch.cat([p.grad.flatten() for p in policy.matcher.stem.parameters()])
+
+    shared = run()
+    policy._shared_stem = None  # run the stem on the screen a second time, as before
+    again = run()
+    assert torch.equal(shared[0], again[0])
+    assert torch.allclose(shared[1], again[1], rtol=1e-4, atol=1e-6 * float(again[1].abs().max()))
