@@ -2,8 +2,9 @@
 
 Entering text is several right actions in a row (focus the field, type the right span, confirm), and reward
 alone only comes after the last of them, so a first success is rarely sampled. But the screen shows progress:
-the quoted phrase appears where it was typed. This reads that with the agent's own pixel word match
-(agent/reading.py) and turns it into a potential-based shaping reward (Ng, Harada & Russell 1999):
+the quoted phrase appears where it was typed. This reads that by normalised cross-correlation with the word
+rendered as agent/instruction.py renders it, cropped to its ink and at full resolution (agent/reading.py's match
+works per 4-px cell on the padded canvas, too coarse to count separate places), and turns it into a potential-based shaping reward (Ng, Harada & Russell 1999):
 
     F(s, a, s') = coef * (gamma^k * phi(s') - phi(s)),   phi(terminal) = 0
 
