@@ -67,6 +67,11 @@ class AgentConfig:
     text_prior: bool = True
     """Start out favouring what written instructions mark: a quoted phrase as the text to type, a named key
     ("press Enter") as the key to press (agent/instruction.py); learned gains decide how much to keep trusting them."""
+    success_map: bool = False
+    """Learn, per patch, whether pointing there now ends in success, from the outcome of every pointer action
+    taken (a classification loss, so a failed click teaches too), and add it to the point logits by a learned
+    gain (agent/policy.py). Off by default until more than one seed shows it: confirm-dialog 0.72 with it vs
+    0.50-0.62 without at 6,000 steps (seed 0), click-shape unchanged (0.24)."""
     rollout: int = 128
     """Env steps between updates."""
     gamma: float = 0.97
@@ -140,7 +145,8 @@ class Agent:
         self.pretrained_from = _pretrained(cfg)  # the weights file it started from (None: random init)
         encoder = create_encoder(cfg.encoder, self.pretrained_from, freeze=cfg.freeze_encoder)
         self.policy = Policy(encoder, reading=cfg.reading, layers=cfg.fusion_layers, learned_matcher=cfg.learned_matcher,
-                             recall=cfg.memory, tools=cfg.tools, text_prior=cfg.text_prior)
+                             recall=cfg.memory, tools=cfg.tools, text_prior=cfg.text_prior,
+                             success_map=cfg.success_map)
         D = encoder.dim
         self.n_types = N_TYPES + int(cfg.tools)  # "call a tool" is one more type
         self.action_dim = self.n_types + D + len(KEYS)
@@ -245,7 +251,8 @@ class Agent:
     def evaluate(self, obs: ObsBatch, actions: ActionBatch) -> Evaluation:
         o, _ = self._forward(obs)
         logp, ent = self.policy.log_prob_entropy(o, actions)
-        return Evaluation(logp, ent, o.value, o.state, self.action_features(o, actions))
+        sl = None if o.success is None else o.success[torch.arange(len(actions.patch)), actions.patch]
+        return Evaluation(logp, ent, o.value, o.state, self.action_features(o, actions), sl)
 
 
 class Step(NamedTuple):
@@ -265,6 +272,7 @@ class Step(NamedTuple):
     duration: int = 1  # env steps the decision took (a tool call takes several): discount gamma ** duration
     prims: list | None = None  # a tool call's primitive steps: [(frame acted on, Action, tool id)]
     memory: torch.Tensor | None = None  # (M, MEM_F) the recalled neighbours the policy saw (recall on)
+    success: bool | None = None  # on an episode's last step: whether it succeeded (None: unknown)
 
 
 def _cat_actions(actions: list[ActionBatch]) -> ActionBatch:
@@ -411,7 +419,7 @@ class Learner:
             step = Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(shaped),
                         bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None,
                         tin[0] if tin else None, max(1, duration), prims,
-                        mem[0] if mem else None)
+                        mem[0] if mem else None, info.get("success") if terminated or truncated else None)
             if not self._ask:  # a person's task waits for its verdict before it is learned from
                 self.buffer.append(step)
             self.episode_steps.append(step)
@@ -458,7 +466,7 @@ class Learner:
             return None
         res, final = item
         steps = list(res.transitions)
-        steps[-1] = steps[-1]._replace(reward=steps[-1].reward + (1.0 if good else -1.0))
+        steps[-1] = steps[-1]._replace(reward=steps[-1].reward + (1.0 if good else -1.0), success=good)
         res.success, res.ret, res.transitions = good, res.ret + (1.0 if good else -1.0), steps
         self._insert_episode(steps, final)
         if good:
@@ -571,5 +579,20 @@ def ppo_batch(agent: Agent, steps: list[Step], finals: dict[int, tuple[float, to
                      [s.memory for s in steps] if all(s.memory is not None for s in steps) else None),
         actions=_cat_actions([s.action for s in steps]),
         old_logp=torch.tensor([s.logp for s in steps]), old_value=values, advantages=adv, returns=ret,
-        next_state=next_state, changed=torch.tensor([float(s.changed) for s in steps]), has_next=torch.ones(T))
+        next_state=next_state, changed=torch.tensor([float(s.changed) for s in steps]), has_next=torch.ones(T),
+        outcome=pointer_outcomes(steps))
     return batch, err_mean
+
+
+def pointer_outcomes(steps: list[Step]) -> torch.Tensor:
+    """(T,) for each pointer action, 1.0/0.0 when its episode went on to succeed/fail, -1 otherwise (not a pointer
+    action, the episode still running at the end of the rollout, or an outcome nobody knows): the success map's
+    labels."""
+    out, cur = torch.full((len(steps),), -1.0), None
+    for t in range(len(steps) - 1, -1, -1):
+        s = steps[t]
+        if s.terminated or s.truncated:
+            cur = s.success
+        if cur is not None and int(s.action.type[0]) in POINTER_IDS:
+            out[t] = float(cur)
+    return out

@@ -6,6 +6,9 @@
     (memory: with recall, one token per recalled neighbour, agent/recall.py MEM_F features projected to D)
     heads: action type (9), key (20), value, TYPE span (start word, length), point and drag end
            (a patch, then one of 4x4 sub-cells: 4 px accuracy)
+    success map (optional): per fused patch token, the logit that pointing there now ends in success, trained
+           by a plain classification loss on the outcome of every pointer action the agent took (failures teach
+           as much as successes); its log-probability joins the point logits by a learned gain
     reading: each instruction word rendered as pixels is matched (normalised cross-correlation) against
              the screen (agent/reading.py; optionally also in the encoder's own learned stride-4 features);
              a learned choice of word adds its match map to the point logits, so "click the thing that
@@ -74,6 +77,7 @@ class PolicyOutput(NamedTuple):
     match: torch.Tensor  # (B,N,16) the chosen word's match map
     tool_logits: torch.Tensor | None = None  # (B,T) tool slots (tools on), unavailable ones masked
     tool_param: torch.Tensor | None = None  # (B,T) bool: the slot's tool types a span the policy picks
+    success: torch.Tensor | None = None  # (B,N) success-map logits (success map on)
 
 
 class ReadingMatcher(nn.Module):
@@ -130,7 +134,8 @@ def reading_stem(encoder: nn.Module) -> tuple[nn.Module, int]:
 
 class Policy(nn.Module):
     def __init__(self, encoder: nn.Module, text_dim: int = 384, layers: int = 2, heads: int = 4, reading: bool = True,
-                 learned_matcher: bool = False, recall: bool = False, tools: bool = False, text_prior: bool = False):
+                 learned_matcher: bool = False, recall: bool = False, tools: bool = False, text_prior: bool = False,
+                 success_map: bool = False):
         super().__init__()
         self.encoder, self.reading, self.learned_matcher = encoder, reading, reading and learned_matcher
         self.concurrent_matching = True  # acting: match the words on a second thread (see _MATCHER)
@@ -152,6 +157,9 @@ class Policy(nn.Module):
         self.len_head = nn.Linear(D, SPAN_LENS)
         self.start_head = nn.Linear(D, 1)
         self.point_head, self.point2_head = nn.Linear(D, 1 + SUB * SUB), nn.Linear(D, 1 + SUB * SUB)
+        if success_map:
+            self.success_head = nn.Linear(D, 1)
+            self.success_gain = nn.Parameter(torch.tensor(1.0))  # p(patch) ~ p(success there) x the rest, at first
         if text_prior:  # how much to trust quotes and key names in the instruction (agent/instruction.py)
             self.quote_gain = nn.Parameter(torch.tensor(3.0))  # one quoted word among 9: p(start there) ~ 0.7
             self.key_name_gain = nn.Parameter(torch.tensor(3.0))  # one named key among 20: p(that key) ~ 0.5
@@ -244,6 +252,10 @@ class Policy(nn.Module):
                                                torch.stack([named.amax(1), q.amax(1)], 1)) * self.type_prior_gain
         pl, pl2 = self.point_head(p_out), self.point2_head(p_out)  # (B,N,17)
         patch_logits, sub_logits = pl[..., 0], pl[..., 1:]
+        success = None
+        if hasattr(self, "success_head"):
+            success = self.success_head(p_out)[..., 0]  # (B,N) logit: pointing here now ends in success
+            patch_logits = patch_logits + self.success_gain * F.logsigmoid(success.detach())
         match = torch.zeros(B, N, SUB * SUB)
         if self.reading:
             r = instr["match"] if self.pixel_match else 0.0  # (B,K,h,w): each word's template match, per 4 px cell
@@ -273,7 +285,7 @@ class Policy(nn.Module):
             type_logits = torch.cat([type_logits, call], 1)  # (B,10)
         return PolicyOutput(type_logits, key_logits, start_logits, len_logits, patch_logits, sub_logits,
                             pl2[..., 0], pl2[..., 1:], self.value_head(h)[..., 0], pooled, p_out, match, tool_logits,
-                            tool_param)
+                            tool_param, success)
 
     def prepare(self, frames, instr: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """uint8 frames (B,H,W,3) and InstructionCache.batch() -> forward()'s inputs."""

@@ -5,6 +5,7 @@ summed, and one optimiser step over every module (encoder included). Reads top t
     ppo   = -min(r*A, clip(r)*A) + vf_coef*(V-R)^2 - ent_coef*H          r = exp(logp - old_logp)
     sil   = -logp*max(R-V,0) + 0.5*sil_vf*max(R-V,0)^2                   (own successful steps)
     bc    = -logp                                                        (the same steps, bc_coef > 0)
+    map   = BCE(success logit where it pointed, the episode's outcome)   (pointer actions, success map on)
     wm    = (1 - cos(pred_next, next_state)) + BCE(change_logit, changed)
 """
 
@@ -40,6 +41,8 @@ class PPOConfig:
     bc_coef: float = 0.0
     """Weight of plain behaviour cloning on those replayed successes (CLEAR's cloning term: it keeps an earlier
     task's actions even where the value estimate no longer says they beat it; 0: off)."""
+    map_coef: float = 1.0
+    """Weight of the success map's classification loss (agent/policy.py; only with the map on)."""
     wm_coef: float = 0.5
     """Weight of the world-model loss."""
     max_grad_norm: float = 0.5
@@ -62,6 +65,11 @@ def ppo_step(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, bat
     wm_change = (F.binary_cross_entropy_with_logits(change_logit, batch.changed, reduction="none") * m).sum() / m.sum().clamp(min=1)
     loss = pg + cfg.vf_coef * vf - cfg.ent_coef * ent + cfg.wm_coef * (wm_err + wm_change)
     out = {}
+    if ev.success_logit is not None and batch.outcome is not None and (batch.outcome >= 0).any():
+        k = batch.outcome >= 0
+        smap = F.binary_cross_entropy_with_logits(ev.success_logit[k], batch.outcome[k])
+        loss = loss + cfg.map_coef * smap
+        out["success_map"] = float(smap.detach())
     if sil is not None and cfg.sil_coef > 0 and size(sil.returns) > 0:
         ev_s = model.evaluate(sil.obs, sil.actions)
         gap = (sil.returns - ev_s.value).clamp(min=0)  # only where the past success beats the estimate

@@ -183,3 +183,51 @@ def test_with_memory_successes_are_recalled_and_the_policy_learns_to_trust_them(
     run.close()
     assert n_memory > 20 and max(recalled[-50:]) >= 1  # successes were written, and later decisions recalled them
     assert gain > 0.05, gain  # recalled targets were where success was: the policy came to trust them
+
+
+def test_the_success_map_learns_from_failed_clicks_too_and_moves_the_point_logits():
+    """With every advantage 0 (nothing for the policy gradient), clicks on one patch that failed and on another
+    that succeeded still teach the success map, and the policy then points at the one that paid off."""
+    from agent.learner import ObsBatch
+    from trainer.batches import PPOBatch
+    from trainer.ppo import ppo_step
+
+    frames = np.random.default_rng(0).integers(0, 255, (8, 210, 160, 3), dtype=np.uint8)
+    obs = ObsBatch(frames, ["Click the red box."] * 8)
+    torch.manual_seed(0)
+    agent = Agent(AgentConfig(encoder=TINY, threads=1, success_map=True,
+                              ppo=PPOConfig(ent_coef=0.0, vf_coef=0.0, wm_coef=0.0, lr=1e-3)))
+    good, bad = 20, 60
+    a = agent.act(obs)[0]
+    a = a._replace(type=torch.zeros(8, dtype=torch.long), patch=torch.tensor([good, bad] * 4))
+    with torch.no_grad():
+        o0 = agent._forward(obs)[0]
+    zero = torch.zeros(8)
+    for _ in range(30):
+        with torch.no_grad():
+            ev = agent.evaluate(obs, a)
+        batch = PPOBatch(obs, a, ev.logp, ev.value, zero, ev.value, ev.state, zero, zero,
+                         outcome=torch.tensor([1.0, 0.0] * 4))
+        out = ppo_step(agent, agent.world_model, agent.optimizer, batch, agent.cfg.ppo)
+    assert out["success_map"] < 0.3
+    with torch.no_grad():
+        o1 = agent._forward(obs)[0]
+    assert (o1.success[:, good] > 1.0).all() and (o1.success[:, bad] < -1.0).all()
+    shift = lambda o: (o.patch_logits[:, good] - o.patch_logits[:, bad]).mean()  # noqa: E731
+    assert shift(o1) > shift(o0) + 1.0, (shift(o0), shift(o1))
+
+
+def test_pointer_actions_are_labelled_with_how_their_episode_ended():
+    from agent.actions import ActionType
+    from agent.learner import Step, pointer_outcomes
+    from agent.policy import ActionBatch
+
+    def step(kind, end=False, success=None):
+        a = ActionBatch(*(torch.zeros(1, dtype=torch.long) for _ in ActionBatch._fields))._replace(
+            type=torch.tensor([int(kind)]))
+        return Step(np.zeros((2, 2, 3), np.uint8), "x", a, 0.0, 0.0, 0.0, end, False, torch.zeros(2), torch.zeros(2),
+                    True, success=success)
+
+    C, K = ActionType.CLICK, ActionType.KEY
+    steps = [step(C), step(K), step(C, True, True), step(C), step(C, True, False), step(C, True, None), step(C)]
+    assert pointer_outcomes(steps).tolist() == [1.0, -1.0, 1.0, 0.0, 0.0, -1.0, -1.0]
