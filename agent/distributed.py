@@ -247,7 +247,7 @@ class EpisodeActor:
             shaped = reward + self.agent.goal_text.shape(next_obs["screen"], ended)
             steps.append(Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(shaped),
                               bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None,
-                              success=info.get("success") if terminated or truncated else None))
+                              success=info.get("success")))
             ret += float(reward)
             obs = next_obs
             if terminated or truncated:

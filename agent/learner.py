@@ -272,7 +272,7 @@ class Step(NamedTuple):
     duration: int = 1  # env steps the decision took (a tool call takes several): discount gamma ** duration
     prims: list | None = None  # a tool call's primitive steps: [(frame acted on, Action, tool id)]
     memory: torch.Tensor | None = None  # (M, MEM_F) the recalled neighbours the policy saw (recall on)
-    success: bool | None = None  # on an episode's last step: whether it succeeded (None: unknown)
+    success: bool | None = None  # the env's verdict after this step; read on an episode's last step (None: unknown)
 
 
 def _cat_actions(actions: list[ActionBatch]) -> ActionBatch:
@@ -419,7 +419,7 @@ class Learner:
             step = Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(shaped),
                         bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None,
                         tin[0] if tin else None, max(1, duration), prims,
-                        mem[0] if mem else None, info.get("success") if terminated or truncated else None)
+                        mem[0] if mem else None, info.get("success"))
             if not self._ask:  # a person's task waits for its verdict before it is learned from
                 self.buffer.append(step)
             self.episode_steps.append(step)
@@ -580,7 +580,7 @@ def ppo_batch(agent: Agent, steps: list[Step], finals: dict[int, tuple[float, to
         actions=_cat_actions([s.action for s in steps]),
         old_logp=torch.tensor([s.logp for s in steps]), old_value=values, advantages=adv, returns=ret,
         next_state=next_state, changed=torch.tensor([float(s.changed) for s in steps]), has_next=torch.ones(T),
-        outcome=pointer_outcomes(steps))
+        outcome=pointer_outcomes(steps) if cfg.success_map else None)
     return batch, err_mean
 
 

@@ -65,8 +65,8 @@ def ppo_step(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, bat
     wm_change = (F.binary_cross_entropy_with_logits(change_logit, batch.changed, reduction="none") * m).sum() / m.sum().clamp(min=1)
     loss = pg + cfg.vf_coef * vf - cfg.ent_coef * ent + cfg.wm_coef * (wm_err + wm_change)
     out = {}
-    if ev.success_logit is not None and batch.outcome is not None and (batch.outcome >= 0).any():
-        k = batch.outcome >= 0
+    k = batch.outcome >= 0 if batch.outcome is not None else None  # pointer actions whose outcome is known
+    if ev.success_logit is not None and k is not None and k.any():
         smap = F.binary_cross_entropy_with_logits(ev.success_logit[k], batch.outcome[k])
         loss = loss + cfg.map_coef * smap
         out["success_map"] = float(smap.detach())
