@@ -28,7 +28,7 @@ from agent.policy import N_TYPES, POINTER_IDS, TOOL, ActionBatch, Policy
 from agent.recall import MAP_SHAPE, MEM_F
 from agent.shaping import GoalText
 from squirrel.errors import UserError
-from trainer.batches import Evaluation, PPOBatch, SILBatch
+from trainer.batches import Evaluation, MapBatch, PPOBatch, SILBatch
 from trainer.gae import gae
 from trainer.plasticity import ShrinkPerturb
 from trainer.ppo import PPOConfig, ppo_update
@@ -89,6 +89,10 @@ class AgentConfig:
     not a cut-off to bootstrap past."""
     sil_capacity: int = 4000
     """Steps of the agent's own successful episodes kept for self-imitation."""
+    map_replay: int = 4000
+    """With the success map on: the latest pointer actions with a known outcome (success or failure) kept and
+    replayed to the map's classification loss at every optimiser step (`ppo.map_batch` of them), so each click
+    teaches the map for many updates instead of the two passes over its rollout (0: no replay)."""
     replay: str = "recent"
     """Which successes self-imitation replays: recent (the newest, whatever their task) or balanced (every task
     keeps a share and is sampled evenly: CLEAR-style rehearsal of earlier tasks against forgetting)."""
@@ -330,11 +334,42 @@ class SelfImitationBuffer:
             for i in idx:
                 k = int(np.searchsorted(bounds, i, side="right"))
                 rows.append(flat[k][i - (bounds[k - 1] if k else 0)])
-        match = [r[4] for r in rows] if all(r[4] is not None for r in rows) else None
-        tools = [r[5] for r in rows] if all(r[5] is not None for r in rows) else None
-        memory = [r[6] for r in rows] if all(r[6] is not None for r in rows) else None
-        return SILBatch(ObsBatch(np.stack([r[0] for r in rows]), [r[1] for r in rows], match, tools, memory),
-                        _cat_actions([r[2] for r in rows]), torch.tensor([r[3] for r in rows], dtype=torch.float32))
+        obs, actions = _rows_obs(rows)
+        return SILBatch(obs, actions, torch.tensor([r[3] for r in rows], dtype=torch.float32))
+
+
+class OutcomeReplay:
+    """The success map's replay: the latest pointer actions whose episode outcome is known, with that outcome
+    (1 success, 0 failure). The label says where pointing on that screen led, so it stays a fair target for the
+    map after the policy has moved on (exactly so when the task is one decision; for longer tasks it also
+    carries the later steps' luck)."""
+
+    def __init__(self, capacity: int):
+        self.rows: deque = deque(maxlen=capacity)
+
+    def add_episode(self, steps: list[Step]) -> None:
+        for s, y in zip(steps, pointer_outcomes(steps).tolist()):
+            if y >= 0:
+                self.rows.append((s.frame, s.instruction, s.action, y, s.match, s.tools, s.memory))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def sample(self, n: int) -> MapBatch | None:
+        if len(self.rows) < n:
+            return None
+        rows = [self.rows[i] for i in np.random.randint(0, len(self.rows), n)]
+        obs, actions = _rows_obs(rows)
+        return MapBatch(obs, actions, torch.tensor([r[3] for r in rows], dtype=torch.float32))
+
+
+def _rows_obs(rows: list[tuple]) -> tuple[ObsBatch, ActionBatch]:
+    """Replay rows (frame, instruction, action, target, match, tools, memory) as one ObsBatch and ActionBatch."""
+    match = [r[4] for r in rows] if all(r[4] is not None for r in rows) else None
+    tools = [r[5] for r in rows] if all(r[5] is not None for r in rows) else None
+    memory = [r[6] for r in rows] if all(r[6] is not None for r in rows) else None
+    return (ObsBatch(np.stack([r[0] for r in rows]), [r[1] for r in rows], match, tools, memory),
+            _cat_actions([r[2] for r in rows]))
 
 
 @dataclass
@@ -360,6 +395,7 @@ class Learner:
         self.cfg = agent.cfg
         self.rng = np.random.default_rng(seed)
         self.sil = SelfImitationBuffer(self.cfg.sil_capacity, self.cfg.gamma, self.cfg.replay == "balanced")
+        self.outcomes = OutcomeReplay(self.cfg.map_replay) if self.cfg.success_map and self.cfg.map_replay > 0 else None
         self.env_steps = self.episodes = self.updates = self.decisions = 0
         self.buffer: list[Step] = []
         self._finals: dict[int, tuple[float, torch.Tensor]] = {}  # buffer index -> final obs (value, state)
@@ -445,6 +481,8 @@ class Learner:
                     self._insert_episode(self.episode_steps, final)
                 if success:
                     self.sil.add_episode(self.episode_steps, self._task)
+                if self.outcomes is not None:  # an undecided episode has no labels yet (judge() adds it)
+                    self.outcomes.add_episode(self.episode_steps)
                 if any(cb(res) is False for cb in self.episode_callbacks):
                     self.stop_requested = True
                 self._reset()
@@ -471,6 +509,8 @@ class Learner:
         self._insert_episode(steps, final)
         if good:
             self.sil.add_episode(steps, res.task)
+        if self.outcomes is not None:
+            self.outcomes.add_episode(steps)
         return res
 
     def _insert_episode(self, steps: list[Step], final: tuple[float, torch.Tensor]) -> None:
@@ -489,7 +529,8 @@ class Learner:
         t0 = time.perf_counter()
         self.last_losses = ppo_update(self.agent, self.agent.world_model, self.agent.optimizer, batch, self.cfg.ppo,
                                       self.sil.sample if len(self.sil) >= self.cfg.ppo.sil_batch else None,
-                                      should_stop=lambda: self.stop_requested)
+                                      should_stop=lambda: self.stop_requested,
+                                      map_sampler=self.outcomes.sample if self.outcomes is not None else None)
         self.agent.plasticity()
         self.last_losses["update_s"] = time.perf_counter() - t0
         self.updates += 1

@@ -35,6 +35,14 @@ class PPOBatch(NamedTuple):
     outcome: torch.Tensor | None = None  # (B,) 1/0 the episode's success after a pointer action, -1 unknown/none
 
 
+class MapBatch(NamedTuple):
+    """Replayed pointer actions with their episode's outcome: the success map's classification targets."""
+
+    obs: Any
+    actions: Any
+    outcome: torch.Tensor  # (B,) 1.0 success, 0.0 failure
+
+
 class SILBatch(NamedTuple):
     """Self-imitation: the agent's own past steps that led to success, with the return that followed."""
 

@@ -5,7 +5,8 @@ summed, and one optimiser step over every module (encoder included). Reads top t
     ppo   = -min(r*A, clip(r)*A) + vf_coef*(V-R)^2 - ent_coef*H          r = exp(logp - old_logp)
     sil   = -logp*max(R-V,0) + 0.5*sil_vf*max(R-V,0)^2                   (own successful steps)
     bc    = -logp                                                        (the same steps, bc_coef > 0)
-    map   = BCE(success logit where it pointed, the episode's outcome)   (pointer actions, success map on)
+    map   = BCE(success logit where it pointed, the episode's outcome)   (pointer actions, success map on;
+                                                                        this rollout's and replayed ones)
     wm    = (1 - cos(pred_next, next_state)) + BCE(change_logit, changed)
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from trainer.batches import ActorCritic, PPOBatch, SILBatch, size, take
+from trainer.batches import ActorCritic, MapBatch, PPOBatch, SILBatch, size, take
 from trainer.world_model import WorldModel
 
 
@@ -43,6 +44,8 @@ class PPOConfig:
     task's actions even where the value estimate no longer says they beat it; 0: off)."""
     map_coef: float = 1.0
     """Weight of the success map's classification loss (agent/policy.py; only with the map on)."""
+    map_batch: int = 32
+    """Replayed pointer actions (with their outcome) added to the map's loss at each optimiser step."""
     wm_coef: float = 0.5
     """Weight of the world-model loss."""
     max_grad_norm: float = 0.5
@@ -50,7 +53,7 @@ class PPOConfig:
 
 
 def ppo_step(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, batch: PPOBatch, cfg: PPOConfig,
-             sil: SILBatch | None = None) -> dict[str, float]:
+             sil: SILBatch | None = None, replay: MapBatch | None = None) -> dict[str, float]:
     """The losses of one minibatch, then one optimiser step. Returns the loss terms."""
     ev = model.evaluate(batch.obs, batch.actions)
     adv = batch.advantages
@@ -66,10 +69,16 @@ def ppo_step(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, bat
     loss = pg + cfg.vf_coef * vf - cfg.ent_coef * ent + cfg.wm_coef * (wm_err + wm_change)
     out = {}
     k = batch.outcome >= 0 if batch.outcome is not None else None  # pointer actions whose outcome is known
-    if ev.success_logit is not None and k is not None and k.any():
-        smap = F.binary_cross_entropy_with_logits(ev.success_logit[k], batch.outcome[k])
-        loss = loss + cfg.map_coef * smap
-        out["success_map"] = float(smap.detach())
+    if ev.success_logit is not None and k is not None:
+        logits, targets = [ev.success_logit[k]], [batch.outcome[k]]
+        if replay is not None:
+            logits.append(model.evaluate(replay.obs, replay.actions).success_logit)
+            targets.append(replay.outcome)
+        logits, targets = torch.cat(logits), torch.cat(targets)
+        if targets.numel():
+            smap = F.binary_cross_entropy_with_logits(logits, targets)
+            loss = loss + cfg.map_coef * smap
+            out["success_map"] = float(smap.detach())
     if sil is not None and cfg.sil_coef > 0 and size(sil.returns) > 0:
         ev_s = model.evaluate(sil.obs, sil.actions)
         gap = (sil.returns - ev_s.value).clamp(min=0)  # only where the past success beats the estimate
@@ -93,9 +102,10 @@ def ppo_step(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, bat
 
 
 def ppo_update(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, batch: PPOBatch, cfg: PPOConfig,
-               sil_sampler=None, should_stop=None) -> dict[str, float]:
+               sil_sampler=None, should_stop=None, map_sampler=None) -> dict[str, float]:
     """`cfg.epochs` passes over the rollout in shuffled minibatches; returns mean loss terms. `should_stop()`
-    is asked before each minibatch: a stop ends the update there (each optimiser step is whole)."""
+    is asked before each minibatch: a stop ends the update there (each optimiser step is whole). The samplers
+    give each step its replayed successes (self-imitation) and replayed pointer outcomes (success map)."""
     n = size(batch.old_logp)
     logs: dict[str, list[float]] = {}
     for _ in range(cfg.epochs):
@@ -107,6 +117,7 @@ def ppo_update(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, b
             if should_stop is not None and should_stop():
                 return {k: sum(v) / len(v) for k, v in logs.items()}
             sil = sil_sampler(cfg.sil_batch) if sil_sampler is not None else None
-            for k, v in ppo_step(model, wm, opt, take(batch, idx), cfg, sil).items():
+            replay = map_sampler(cfg.map_batch) if map_sampler is not None else None
+            for k, v in ppo_step(model, wm, opt, take(batch, idx), cfg, sil, replay).items():
                 logs.setdefault(k, []).append(v)
     return {k: sum(v) / len(v) for k, v in logs.items()}

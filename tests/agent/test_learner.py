@@ -231,3 +231,61 @@ def test_pointer_actions_are_labelled_with_how_their_episode_ended():
     C, K = ActionType.CLICK, ActionType.KEY
     steps = [step(C), step(K), step(C, True, True), step(C), step(C, True, False), step(C, True, None), step(C)]
     assert pointer_outcomes(steps).tolist() == [1.0, -1.0, 1.0, 0.0, 0.0, -1.0, -1.0]
+
+
+def test_outcome_replay_keeps_the_latest_labelled_pointer_actions():
+    from agent.actions import ActionType
+    from agent.learner import OutcomeReplay, Step
+    from agent.policy import ActionBatch
+
+    def step(kind, i, end=False, success=None):
+        a = ActionBatch(*(torch.zeros(1, dtype=torch.long) for _ in ActionBatch._fields))._replace(
+            type=torch.tensor([int(kind)]), patch=torch.tensor([i]))
+        return Step(np.full((2, 2, 3), i, np.uint8), f"x{i}", a, 0.0, 0.0, 0.0, end, False, torch.zeros(2),
+                    torch.zeros(2), True, success=success)
+
+    C, K = ActionType.CLICK, ActionType.KEY
+    r = OutcomeReplay(3)
+    r.add_episode([step(C, 1), step(K, 2), step(C, 3, True, True)])
+    r.add_episode([step(C, 4, True, None)])  # nobody knows how it ended: nothing to learn
+    assert [(row[1], row[3]) for row in r.rows] == [("x1", 1.0), ("x3", 1.0)]
+    assert r.sample(3) is None
+    r.add_episode([step(C, 5), step(C, 6, True, False)])
+    assert [(row[1], row[3]) for row in r.rows] == [("x3", 1.0), ("x5", 0.0), ("x6", 0.0)]  # the oldest went
+    seen = set()
+    for _ in range(30):
+        b = r.sample(3)
+        assert b.obs.frames.shape == (3, 2, 2, 3) and len(b.obs.instructions) == 3
+        for f, ins, p, y in zip(b.obs.frames[:, 0, 0, 0], b.obs.instructions, b.actions.patch.tolist(),
+                                b.outcome.tolist()):
+            assert ins == f"x{f}" and p == f and y == (1.0 if f == 3 else 0.0)  # rows stay whole
+            seen.add(int(f))
+    assert seen == {3, 5, 6}
+
+
+def test_replayed_outcomes_teach_the_success_map_when_the_rollout_has_none():
+    """A rollout with no finished pointer action (every outcome unknown) still trains the map from replay."""
+    from agent.learner import ObsBatch
+    from trainer.batches import MapBatch, PPOBatch
+    from trainer.ppo import ppo_step
+
+    frames = np.random.default_rng(1).integers(0, 255, (8, 210, 160, 3), dtype=np.uint8)
+    obs = ObsBatch(frames, ["Click the red box."] * 8)
+    torch.manual_seed(0)
+    agent = Agent(AgentConfig(encoder=TINY, threads=1, success_map=True,
+                              ppo=PPOConfig(ent_coef=0.0, vf_coef=0.0, wm_coef=0.0, lr=1e-3)))
+    good, bad = 20, 60
+    a = agent.act(obs)[0]._replace(type=torch.zeros(8, dtype=torch.long), patch=torch.tensor([good, bad] * 4))
+    replay = MapBatch(obs, a, torch.tensor([1.0, 0.0] * 4))
+    zero = torch.zeros(8)
+    for i in range(30):
+        with torch.no_grad():
+            ev = agent.evaluate(obs, a)
+        batch = PPOBatch(obs, a, ev.logp, ev.value, zero, ev.value, ev.state, zero, zero, outcome=-torch.ones(8))
+        out = ppo_step(agent, agent.world_model, agent.optimizer, batch, agent.cfg.ppo)
+        assert "success_map" not in out  # nothing labelled in the rollout itself
+        out = ppo_step(agent, agent.world_model, agent.optimizer, batch, agent.cfg.ppo, replay=replay)
+    assert out["success_map"] < 0.3
+    with torch.no_grad():
+        o = agent._forward(obs)[0]
+    assert (o.success[:, good] > 1.0).all() and (o.success[:, bad] < -1.0).all()
