@@ -72,6 +72,10 @@ class AgentConfig:
     taken (a classification loss, so a failed click teaches too), and add it to the point logits by a learned
     gain (agent/policy.py). Off by default until more than one seed shows it: confirm-dialog 0.72 with it vs
     0.50-0.62 without at 6,000 steps (seed 0), click-shape unchanged (0.24)."""
+    affordance: bool = False
+    """Learn, per patch and 4x4 sub-cell, whether pointing there changes the screen (from every pointer action's
+    observed change: no reward needed) and add it to the point logits by a learned gain (agent/policy.py), so
+    clicks go to things that react (a field, a tab) rather than to a label or the background."""
     rollout: int = 128
     """Env steps between updates."""
     gamma: float = 0.97
@@ -150,7 +154,7 @@ class Agent:
         encoder = create_encoder(cfg.encoder, self.pretrained_from, freeze=cfg.freeze_encoder)
         self.policy = Policy(encoder, reading=cfg.reading, layers=cfg.fusion_layers, learned_matcher=cfg.learned_matcher,
                              recall=cfg.memory, tools=cfg.tools, text_prior=cfg.text_prior,
-                             success_map=cfg.success_map)
+                             success_map=cfg.success_map, affordance=cfg.affordance)
         D = encoder.dim
         self.n_types = N_TYPES + int(cfg.tools)  # "call a tool" is one more type
         self.action_dim = self.n_types + D + len(KEYS)
@@ -159,7 +163,7 @@ class Agent:
         # match) would need thousands of updates at the shared lr: the reading scalars get their own.
         gains = [p for n, p in self.policy.named_parameters()
                  if n in ("match_gain", "learned_gain", "density_gain", "recall_gain", "quote_gain", "key_name_gain",
-                          "type_prior_gain")]
+                          "type_prior_gain", "affordance_gain")]
         rest = [p for p in list(self.policy.parameters()) + list(self.world_model.parameters())
                 if p.requires_grad and all(p is not g for g in gains)]
         groups = [{"params": rest}] + ([{"params": gains, "lr": cfg.gain_lr}] if gains else [])
@@ -255,8 +259,10 @@ class Agent:
     def evaluate(self, obs: ObsBatch, actions: ActionBatch) -> Evaluation:
         o, _ = self._forward(obs)
         logp, ent = self.policy.log_prob_entropy(o, actions)
-        sl = None if o.success is None else o.success[torch.arange(len(actions.patch)), actions.patch]
-        return Evaluation(logp, ent, o.value, o.state, self.action_features(o, actions), sl)
+        ar = torch.arange(len(actions.patch))
+        sl = None if o.success is None else o.success[ar, actions.patch]
+        al = None if o.affordance is None else o.affordance[ar, actions.patch, actions.sub]
+        return Evaluation(logp, ent, o.value, o.state, self.action_features(o, actions), sl, al)
 
 
 class Step(NamedTuple):
@@ -621,7 +627,8 @@ def ppo_batch(agent: Agent, steps: list[Step], finals: dict[int, tuple[float, to
         actions=_cat_actions([s.action for s in steps]),
         old_logp=torch.tensor([s.logp for s in steps]), old_value=values, advantages=adv, returns=ret,
         next_state=next_state, changed=torch.tensor([float(s.changed) for s in steps]), has_next=torch.ones(T),
-        outcome=pointer_outcomes(steps) if cfg.success_map else None)
+        outcome=pointer_outcomes(steps) if cfg.success_map else None,
+        pointer=torch.tensor([float(int(s.action.type[0]) in POINTER_IDS) for s in steps]) if cfg.affordance else None)
     return batch, err_mean
 
 

@@ -9,6 +9,10 @@
     success map (optional): per fused patch token, the logit that pointing there now ends in success, trained
            by a plain classification loss on the outcome of every pointer action the agent took (failures teach
            as much as successes); its log-probability joins the point logits by a learned gain
+    affordance map (optional): per fused patch token and 4x4 sub-cell, the logit that pointing there changes the
+           screen (a field takes focus, a tab opens; a label or the background does nothing), trained on every
+           pointer action's observed change, no reward needed; its log-probability joins the point and sub-cell
+           logits by a learned gain, so exploration goes to things that react
     reading: each instruction word rendered as pixels is matched (normalised cross-correlation) against
              the screen (agent/reading.py; optionally also in the encoder's own learned stride-4 features);
              a learned choice of word adds its match map to the point logits, so "click the thing that
@@ -78,6 +82,7 @@ class PolicyOutput(NamedTuple):
     tool_logits: torch.Tensor | None = None  # (B,T) tool slots (tools on), unavailable ones masked
     tool_param: torch.Tensor | None = None  # (B,T) bool: the slot's tool types a span the policy picks
     success: torch.Tensor | None = None  # (B,N) success-map logits (success map on)
+    affordance: torch.Tensor | None = None  # (B,N,16) affordance logits per patch and in-patch cell (affordance on)
 
 
 class ReadingMatcher(nn.Module):
@@ -135,7 +140,7 @@ def reading_stem(encoder: nn.Module) -> tuple[nn.Module, int]:
 class Policy(nn.Module):
     def __init__(self, encoder: nn.Module, text_dim: int = 384, layers: int = 2, heads: int = 4, reading: bool = True,
                  learned_matcher: bool = False, recall: bool = False, tools: bool = False, text_prior: bool = False,
-                 success_map: bool = False):
+                 success_map: bool = False, affordance: bool = False):
         super().__init__()
         self.encoder, self.reading, self.learned_matcher = encoder, reading, reading and learned_matcher
         self.concurrent_matching = True  # acting: match the words on a second thread (see _MATCHER)
@@ -160,6 +165,9 @@ class Policy(nn.Module):
         if success_map:
             self.success_head = nn.Linear(D, 1)
             self.success_gain = nn.Parameter(torch.tensor(1.0))  # p(patch) ~ p(success there) x the rest, at first
+        if affordance:
+            self.affordance_head = nn.Linear(D, SUB * SUB)
+            self.affordance_gain = nn.Parameter(torch.tensor(1.0))  # p(point) ~ p(the screen reacts there) x the rest
         if text_prior:  # how much to trust quotes and key names in the instruction (agent/instruction.py)
             self.quote_gain = nn.Parameter(torch.tensor(3.0))  # one quoted word among 9: p(start there) ~ 0.7
             self.key_name_gain = nn.Parameter(torch.tensor(3.0))  # one named key among 20: p(that key) ~ 0.5
@@ -256,6 +264,11 @@ class Policy(nn.Module):
         if hasattr(self, "success_head"):
             success = self.success_head(p_out)[..., 0]  # (B,N) logit: pointing here now ends in success
             patch_logits = patch_logits + self.success_gain * F.logsigmoid(success.detach())
+        affordance = None
+        if hasattr(self, "affordance_head"):
+            affordance = self.affordance_head(p_out)  # (B,N,16) logit: pointing at this cell changes the screen
+            react = self.affordance_gain * F.logsigmoid(affordance.detach())
+            sub_logits, patch_logits = sub_logits + react, patch_logits + react.amax(-1)
         match = torch.zeros(B, N, SUB * SUB)
         if self.reading:
             r = instr["match"] if self.pixel_match else 0.0  # (B,K,h,w): each word's template match, per 4 px cell
@@ -285,7 +298,7 @@ class Policy(nn.Module):
             type_logits = torch.cat([type_logits, call], 1)  # (B,10)
         return PolicyOutput(type_logits, key_logits, start_logits, len_logits, patch_logits, sub_logits,
                             pl2[..., 0], pl2[..., 1:], self.value_head(h)[..., 0], pooled, p_out, match, tool_logits,
-                            tool_param, success)
+                            tool_param, success, affordance)
 
     def prepare(self, frames, instr: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """uint8 frames (B,H,W,3) and InstructionCache.batch() -> forward()'s inputs."""

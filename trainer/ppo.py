@@ -7,6 +7,7 @@ summed, and one optimiser step over every module (encoder included). Reads top t
     bc    = -logp                                                        (the same steps, bc_coef > 0)
     map   = BCE(success logit where it pointed, the episode's outcome)   (pointer actions, success map on;
                                                                         this rollout's and replayed ones)
+    react = BCE(affordance logit where it pointed, changed)             (pointer actions, affordance map on)
     wm    = (1 - cos(pred_next, next_state)) + BCE(change_logit, changed)
 """
 
@@ -43,7 +44,7 @@ class PPOConfig:
     """Weight of plain behaviour cloning on those replayed successes (CLEAR's cloning term: it keeps an earlier
     task's actions even where the value estimate no longer says they beat it; 0: off)."""
     map_coef: float = 1.0
-    """Weight of the success map's classification loss (agent/policy.py; only with the map on)."""
+    """Weight of the success and affordance maps' classification losses (agent/policy.py; only with a map on)."""
     map_batch: int = 32
     """Replayed pointer actions (with their outcome) added to the map's loss at each optimiser step."""
     wm_coef: float = 0.5
@@ -79,6 +80,11 @@ def ppo_step(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, bat
             smap = F.binary_cross_entropy_with_logits(logits, targets)
             loss = loss + cfg.map_coef * smap
             out["success_map"] = float(smap.detach())
+    p = batch.pointer.bool() if batch.pointer is not None else None
+    if ev.affordance_logit is not None and p is not None and p.any():
+        react = F.binary_cross_entropy_with_logits(ev.affordance_logit[p], batch.changed[p])
+        loss = loss + cfg.map_coef * react
+        out["affordance"] = float(react.detach())
     if sil is not None and cfg.sil_coef > 0 and size(sil.returns) > 0:
         ev_s = model.evaluate(sil.obs, sil.actions)
         gap = (sil.returns - ev_s.value).clamp(min=0)  # only where the past success beats the estimate

@@ -289,3 +289,37 @@ def test_replayed_outcomes_teach_the_success_map_when_the_rollout_has_none():
     with torch.no_grad():
         o = agent._forward(obs)[0]
     assert (o.success[:, good] > 1.0).all() and (o.success[:, bad] < -1.0).all()
+
+
+def test_the_affordance_map_learns_where_pointing_changes_the_screen_and_moves_the_point_there():
+    """No reward at all (advantages 0): clicks on one cell changed the screen, clicks on another did not; the
+    affordance map learns which, from `changed` alone, and the policy then points at the cell that reacts."""
+    from agent.learner import ObsBatch
+    from trainer.batches import PPOBatch
+    from trainer.ppo import ppo_step
+
+    frames = np.random.default_rng(2).integers(0, 255, (8, 210, 160, 3), dtype=np.uint8)
+    obs = ObsBatch(frames, ["Type in the City field."] * 8)
+    torch.manual_seed(0)
+    agent = Agent(AgentConfig(encoder=TINY, threads=1, affordance=True,
+                              ppo=PPOConfig(ent_coef=0.0, vf_coef=0.0, wm_coef=0.0, lr=1e-3)))
+    live, dead = (20, 5), (60, 9)  # (patch, sub-cell)
+    a = agent.act(obs)[0]
+    a = a._replace(type=torch.zeros(8, dtype=torch.long), patch=torch.tensor([live[0], dead[0]] * 4),
+                   sub=torch.tensor([live[1], dead[1]] * 4))
+    with torch.no_grad():
+        o0 = agent._forward(obs)[0]
+    zero = torch.zeros(8)
+    changed = torch.tensor([1.0, 0.0] * 4)
+    for _ in range(30):
+        with torch.no_grad():
+            ev = agent.evaluate(obs, a)
+        batch = PPOBatch(obs, a, ev.logp, ev.value, zero, ev.value, ev.state, changed, zero, pointer=torch.ones(8))
+        out = ppo_step(agent, agent.world_model, agent.optimizer, batch, agent.cfg.ppo)
+    assert out["affordance"] < 0.3
+    with torch.no_grad():
+        o1 = agent._forward(obs)[0]
+    assert (o1.affordance[:, live[0], live[1]] > 1.0).all() and (o1.affordance[:, dead[0], dead[1]] < -1.0).all()
+    point = lambda o, c: o.patch_logits[:, c[0]] + o.sub_logits[:, c[0]].log_softmax(-1)[:, c[1]]  # noqa: E731
+    shift = lambda o: (point(o, live) - point(o, dead)).mean()  # noqa: E731
+    assert shift(o1) > shift(o0) + 1.0, (shift(o0), shift(o1))
