@@ -48,8 +48,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from agent.learner import (Agent, AgentConfig, EpisodeResult, ObsBatch, SelfImitationBuffer, Step, greedy_episodes,
-                           ppo_batch)
+from agent.learner import (Agent, AgentConfig, EpisodeResult, ObsBatch, OutcomeReplay, SelfImitationBuffer, Step,
+                           greedy_episodes, ppo_batch)
 from agent.recall import Recall
 from squirrel.errors import UserError
 from trainer.ppo import ppo_update
@@ -396,6 +396,7 @@ class DistributedLearner:
         self.scale = scale or ScaleConfig()
         self.rng = np.random.default_rng(seed)
         self.sil = SelfImitationBuffer(self.cfg.sil_capacity, self.cfg.gamma, self.cfg.replay == "balanced")
+        self.outcomes = OutcomeReplay(self.cfg.map_replay) if self.cfg.success_map and self.cfg.map_replay > 0 else None
         self.env_steps = self.episodes = self.updates = 0
         self.buffer: list[Step] = []
         self._finals: dict[int, tuple[float, torch.Tensor]] = {}
@@ -598,6 +599,8 @@ class DistributedLearner:
             self._versions.extend([ep.version] * len(ep.steps))
             if ep.success:
                 self.sil.add_episode(ep.steps, ep.task)
+            if self.outcomes is not None:
+                self.outcomes.add_episode(ep.steps)
         res = EpisodeResult(task=ep.task, success=ep.success, ret=ep.ret, steps=len(ep.steps), decisions=len(ep.steps), env_steps=self.env_steps,
                             episode=self.episodes, seed=ep.seed, instruction=ep.instruction, transitions=ep.steps)
         if any(cb(res) is False for cb in self.episode_callbacks):
@@ -608,7 +611,8 @@ class DistributedLearner:
         self.lags.update(self.updates - v for v in self._versions)
         t0 = time.perf_counter()
         self.last_losses = ppo_update(self.agent, self.agent.world_model, self.agent.optimizer, batch, self.cfg.ppo,
-                                      self.sil.sample if len(self.sil) >= self.cfg.ppo.sil_batch else None)
+                                      self.sil.sample if len(self.sil) >= self.cfg.ppo.sil_batch else None,
+                                      map_sampler=self.outcomes.sample if self.outcomes is not None else None)
         self.agent.plasticity()
         self.last_losses["update_s"] = time.perf_counter() - t0
         self.update_s.append(self.last_losses["update_s"])

@@ -76,9 +76,6 @@ class AgentConfig:
     """Learn, per patch and 4x4 sub-cell, whether pointing there changes the screen (from every pointer action's
     observed change: no reward needed) and add it to the point logits by a learned gain (agent/policy.py), so
     clicks go to things that react (a field, a tab) rather than to a label or the background."""
-    type_affordance: bool = False
-    """Likewise per action type and per key, from the screen as a whole: whether typing, a key (each key), a
-    scroll... changes the screen now, added to the type and key logits by a learned gain (agent/policy.py)."""
     rollout: int = 128
     """Env steps between updates."""
     gamma: float = 0.97
@@ -157,8 +154,7 @@ class Agent:
         encoder = create_encoder(cfg.encoder, self.pretrained_from, freeze=cfg.freeze_encoder)
         self.policy = Policy(encoder, reading=cfg.reading, layers=cfg.fusion_layers, learned_matcher=cfg.learned_matcher,
                              recall=cfg.memory, tools=cfg.tools, text_prior=cfg.text_prior,
-                             success_map=cfg.success_map, affordance=cfg.affordance,
-                             type_affordance=cfg.type_affordance)
+                             success_map=cfg.success_map, affordance=cfg.affordance)
         D = encoder.dim
         self.n_types = N_TYPES + int(cfg.tools)  # "call a tool" is one more type
         self.action_dim = self.n_types + D + len(KEYS)
@@ -167,7 +163,7 @@ class Agent:
         # match) would need thousands of updates at the shared lr: the reading scalars get their own.
         gains = [p for n, p in self.policy.named_parameters()
                  if n in ("match_gain", "learned_gain", "density_gain", "recall_gain", "quote_gain", "key_name_gain",
-                          "type_prior_gain", "affordance_gain", "type_affordance_gain")]
+                          "type_prior_gain", "affordance_gain")]
         rest = [p for p in list(self.policy.parameters()) + list(self.world_model.parameters())
                 if p.requires_grad and all(p is not g for g in gains)]
         groups = [{"params": rest}] + ([{"params": gains, "lr": cfg.gain_lr}] if gains else [])
@@ -265,13 +261,7 @@ class Agent:
         logp, ent = self.policy.log_prob_entropy(o, actions)
         ar = torch.arange(len(actions.patch))
         sl = None if o.success is None else o.success[ar, actions.patch]
-        al = None  # (B,3) the affordance logits of what the action did: its type, the cell it pointed at, its key
-        if o.affordance is not None or o.type_affordance is not None:
-            zero = torch.zeros(len(ar))
-            ta = o.type_affordance
-            al = torch.stack([zero if ta is None else ta[ar, actions.type.clamp(max=N_TYPES - 1)],
-                              zero if o.affordance is None else o.affordance[ar, actions.patch, actions.sub],
-                              zero if ta is None else ta[ar, N_TYPES + actions.key]], 1)
+        al = None if o.affordance is None else o.affordance[ar, actions.patch, actions.sub]
         return Evaluation(logp, ent, o.value, o.state, self.action_features(o, actions), sl, al)
 
 
@@ -638,16 +628,8 @@ def ppo_batch(agent: Agent, steps: list[Step], finals: dict[int, tuple[float, to
         old_logp=torch.tensor([s.logp for s in steps]), old_value=values, advantages=adv, returns=ret,
         next_state=next_state, changed=torch.tensor([float(s.changed) for s in steps]), has_next=torch.ones(T),
         outcome=pointer_outcomes(steps) if cfg.success_map else None,
-        react_mask=react_mask(steps, cfg) if cfg.affordance or cfg.type_affordance else None)
+        pointer=torch.tensor([float(int(s.action.type[0]) in POINTER_IDS) for s in steps]) if cfg.affordance else None)
     return batch, err_mean
-
-
-def react_mask(steps: list[Step], cfg: AgentConfig) -> torch.Tensor:
-    """(T,3) which of Evaluation.affordance_logit's columns each step's `changed` teaches: the type-level logit
-    (every primitive action), the pointed cell's (pointer actions), the key's (KEY actions); off maps teach none."""
-    t = torch.tensor([int(s.action.type[0]) for s in steps])
-    return torch.stack([(t < N_TYPES) & cfg.type_affordance, torch.isin(t, _POINTER_IDS) & cfg.affordance,
-                        (t == ActionType.KEY) & cfg.type_affordance], 1).float()
 
 
 def pointer_outcomes(steps: list[Step]) -> torch.Tensor:

@@ -13,9 +13,6 @@
            screen (a field takes focus, a tab opens; a label or the background does nothing), trained on every
            pointer action's observed change, no reward needed; its log-probability joins the point and sub-cell
            logits by a learned gain, so exploration goes to things that react
-    type affordance (optional): from the goal/state token, the logit that each action type and each key changes
-           the screen now (typing does nothing until a field has focus; Enter does something once it has),
-           trained on every action's observed change; joins the type and key logits by a learned gain
     reading: each instruction word rendered as pixels is matched (normalised cross-correlation) against
              the screen (agent/reading.py; optionally also in the encoder's own learned stride-4 features);
              a learned choice of word adds its match map to the point logits, so "click the thing that
@@ -86,7 +83,6 @@ class PolicyOutput(NamedTuple):
     tool_param: torch.Tensor | None = None  # (B,T) bool: the slot's tool types a span the policy picks
     success: torch.Tensor | None = None  # (B,N) success-map logits (success map on)
     affordance: torch.Tensor | None = None  # (B,N,16) affordance logits per patch and in-patch cell (affordance on)
-    type_affordance: torch.Tensor | None = None  # (B,9+20) affordance logits per action type, then per key (type affordance on)
 
 
 class ReadingMatcher(nn.Module):
@@ -144,7 +140,7 @@ def reading_stem(encoder: nn.Module) -> tuple[nn.Module, int]:
 class Policy(nn.Module):
     def __init__(self, encoder: nn.Module, text_dim: int = 384, layers: int = 2, heads: int = 4, reading: bool = True,
                  learned_matcher: bool = False, recall: bool = False, tools: bool = False, text_prior: bool = False,
-                 success_map: bool = False, affordance: bool = False, type_affordance: bool = False):
+                 success_map: bool = False, affordance: bool = False):
         super().__init__()
         self.encoder, self.reading, self.learned_matcher = encoder, reading, reading and learned_matcher
         self.concurrent_matching = True  # acting: match the words on a second thread (see _MATCHER)
@@ -172,9 +168,6 @@ class Policy(nn.Module):
         if affordance:
             self.affordance_head = nn.Linear(D, SUB * SUB)
             self.affordance_gain = nn.Parameter(torch.tensor(1.0))  # p(point) ~ p(the screen reacts there) x the rest
-        if type_affordance:
-            self.type_affordance_head = nn.Linear(D, N_TYPES + len(KEYS))
-            self.type_affordance_gain = nn.Parameter(torch.tensor(1.0))
         if text_prior:  # how much to trust quotes and key names in the instruction (agent/instruction.py)
             self.quote_gain = nn.Parameter(torch.tensor(3.0))  # one quoted word among 9: p(start there) ~ 0.7
             self.key_name_gain = nn.Parameter(torch.tensor(3.0))  # one named key among 20: p(that key) ~ 0.5
@@ -297,11 +290,6 @@ class Policy(nn.Module):
             sub_logits = sub_logits + self.recall_gain * prior
             patch_logits = patch_logits + (self.recall_gain * prior).amax(-1)
         type_logits, tool_logits, tool_param = self.type_head(h) + type_prior, None, None
-        type_affordance = None
-        if hasattr(self, "type_affordance_head"):
-            type_affordance = self.type_affordance_head(h)  # (B,9+20) logit: this type / key changes the screen now
-            react = self.type_affordance_gain * F.logsigmoid(type_affordance.detach())
-            type_logits, key_logits = type_logits + react[:, :N_TYPES], key_logits + react[:, N_TYPES:]
         if hasattr(self, "tool_call"):  # (B,T,F) descriptors and (B,T) masks of the tools offered (agent/tools.py)
             desc, avail, tool_param = instr["tool_desc"], instr["tool_mask"], instr["tool_param"]
             tool_logits = torch.einsum("bd,btd->bt", self.tool_query(h), self.tool_key(desc)) / D ** 0.5
@@ -310,7 +298,7 @@ class Policy(nn.Module):
             type_logits = torch.cat([type_logits, call], 1)  # (B,10)
         return PolicyOutput(type_logits, key_logits, start_logits, len_logits, patch_logits, sub_logits,
                             pl2[..., 0], pl2[..., 1:], self.value_head(h)[..., 0], pooled, p_out, match, tool_logits,
-                            tool_param, success, affordance, type_affordance)
+                            tool_param, success, affordance)
 
     def prepare(self, frames, instr: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """uint8 frames (B,H,W,3) and InstructionCache.batch() -> forward()'s inputs."""

@@ -16,7 +16,7 @@ class Evaluation(NamedTuple):
     state: torch.Tensor  # (B,D) state embedding (world-model input)
     action_features: torch.Tensor  # (B,F) what the action did, for the world model
     success_logit: torch.Tensor | None = None  # (B,) the success map's logit where the action pointed
-    affordance_logit: torch.Tensor | None = None  # (B,C) affordance logits of what the action did (C kinds)
+    affordance_logit: torch.Tensor | None = None  # (B,) the affordance map's logit where the action pointed
 
 
 class ActorCritic(Protocol):
@@ -34,7 +34,7 @@ class PPOBatch(NamedTuple):
     changed: torch.Tensor  # (B,) 1.0 when the action changed the screen
     has_next: torch.Tensor  # (B,) 1.0 when next_state is real (not past the end of the rollout)
     outcome: torch.Tensor | None = None  # (B,) 1/0 the episode's success after a pointer action, -1 unknown/none
-    react_mask: torch.Tensor | None = None  # (B,C) 1.0 where `changed` labels that affordance logit
+    pointer: torch.Tensor | None = None  # (B,) 1.0 for pointer actions (the affordance map's rows; `changed` its label)
 
 
 class MapBatch(NamedTuple):

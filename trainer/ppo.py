@@ -7,7 +7,7 @@ summed, and one optimiser step over every module (encoder included). Reads top t
     bc    = -logp                                                        (the same steps, bc_coef > 0)
     map   = BCE(success logit where it pointed, the episode's outcome)   (pointer actions, success map on;
                                                                         this rollout's and replayed ones)
-    react = BCE(affordance logits of what the action did, changed)      (affordance on: the masked ones)
+    react = BCE(affordance logit where it pointed, changed)             (pointer actions, affordance map on)
     wm    = (1 - cos(pred_next, next_state)) + BCE(change_logit, changed)
 """
 
@@ -80,9 +80,9 @@ def ppo_step(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, bat
             smap = F.binary_cross_entropy_with_logits(logits, targets)
             loss = loss + cfg.map_coef * smap
             out["success_map"] = float(smap.detach())
-    r = batch.react_mask.bool() if batch.react_mask is not None else None
-    if ev.affordance_logit is not None and r is not None and r.any():
-        react = F.binary_cross_entropy_with_logits(ev.affordance_logit[r], batch.changed[:, None].expand_as(r)[r])
+    p = batch.pointer.bool() if batch.pointer is not None else None
+    if ev.affordance_logit is not None and p is not None and p.any():
+        react = F.binary_cross_entropy_with_logits(ev.affordance_logit[p], batch.changed[p])
         loss = loss + cfg.map_coef * react
         out["affordance"] = float(react.detach())
     if sil is not None and cfg.sil_coef > 0 and size(sil.returns) > 0:

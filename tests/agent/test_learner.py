@@ -314,8 +314,7 @@ def test_the_affordance_map_learns_where_pointing_changes_the_screen_and_moves_t
     for _ in range(30):
         with torch.no_grad():
             ev = agent.evaluate(obs, a)
-        batch = PPOBatch(obs, a, ev.logp, ev.value, zero, ev.value, ev.state, changed, zero,
-                         react_mask=torch.tensor([[0.0, 1.0, 0.0]]).expand(8, 3))
+        batch = PPOBatch(obs, a, ev.logp, ev.value, zero, ev.value, ev.state, changed, zero, pointer=torch.ones(8))
         out = ppo_step(agent, agent.world_model, agent.optimizer, batch, agent.cfg.ppo)
     assert out["affordance"] < 0.3
     with torch.no_grad():
@@ -326,54 +325,9 @@ def test_the_affordance_map_learns_where_pointing_changes_the_screen_and_moves_t
     assert shift(o1) > shift(o0) + 1.0, (shift(o0), shift(o1))
 
 
-def test_the_type_affordance_learns_which_action_types_and_keys_change_the_screen():
-    """No reward, one screen: pressing Return changed it, typing and pressing Tab did not; the type and key logits
-    then favour KEY and Return."""
-    from agent.actions import KEYS, ActionType
-    from agent.learner import ObsBatch
-    from agent.policy import N_TYPES
-    from trainer.batches import PPOBatch
-    from trainer.ppo import ppo_step
-
-    frames = np.repeat(np.random.default_rng(3).integers(0, 255, (1, 210, 160, 3), dtype=np.uint8), 6, 0)  # one screen
-    obs = ObsBatch(frames, ['Enter "cat" and press Enter.'] * 6)
-    torch.manual_seed(0)
-    agent = Agent(AgentConfig(encoder=TINY, threads=1, type_affordance=True,
-                              ppo=PPOConfig(ent_coef=0.0, vf_coef=0.0, wm_coef=0.0, lr=1e-3)))
-    ret, tab = KEYS.index("Return"), KEYS.index("Tab")
-    K, T = int(ActionType.KEY), int(ActionType.TYPE)
-    a = agent.act(obs)[0]
-    a = a._replace(type=torch.tensor([K, T, K] * 2), key=torch.tensor([ret, 0, tab] * 2))
-    changed = torch.tensor([1.0, 0.0, 0.0] * 2)
-    from agent.learner import react_mask, Step
-
-    steps = [Step(f, "x", a._replace(**{k: getattr(a, k)[i: i + 1] for k in a._fields}), 0.0, 0.0, 0.0, False, False,
-                  torch.zeros(2), torch.zeros(2), bool(c)) for i, (f, c) in enumerate(zip(frames, changed))]
-    mask = react_mask(steps, agent.cfg)
-    assert mask.tolist() == [[1.0, 0.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 1.0]] * 2  # no pointing here: no cell label
-    with torch.no_grad():
-        o0 = agent._forward(obs)[0]
-    zero = torch.zeros(6)
-    for _ in range(40):
-        with torch.no_grad():
-            ev = agent.evaluate(obs, a)
-        batch = PPOBatch(obs, a, ev.logp, ev.value, zero, ev.value, ev.state, changed, zero, react_mask=mask)
-        out = ppo_step(agent, agent.world_model, agent.optimizer, batch, agent.cfg.ppo)
-    assert out["affordance"] < 0.4
-    with torch.no_grad():
-        o1 = agent._forward(obs)[0]
-        agent.policy.type_affordance_gain.fill_(0.0)
-        off = agent._forward(obs)[0]  # the same network without the affordance's say
-    ta = o1.type_affordance
-    assert (ta[:, K] > ta[:, T] + 1.0).all() and (ta[:, N_TYPES + ret] > ta[:, N_TYPES + tab] + 1.0).all()
-    says = lambda x, i, j: (x(o1)[:, i] - x(off)[:, i]) - (x(o1)[:, j] - x(off)[:, j])  # noqa: E731
-    assert (says(lambda o: o.type_logits, K, T) > 1.0).all()  # KEY changed the screen more often than TYPE
-    assert (says(lambda o: o.key_logits, ret, tab) > 1.0).all()  # and Return did, Tab did not
-
-
 def test_the_learning_loop_feeds_the_maps_their_labels():
-    """With the success map and both affordances on, the loop's updates train all three and the replay fills."""
-    agent = tiny_agent(success_map=True, affordance=True, type_affordance=True)
+    """With the success map and the affordance map on, the loop's updates train both and the replay fills."""
+    agent = tiny_agent(success_map=True, affordance=True)
     learner = Learner(agent, fake_env(), ["fake-click"])
     losses = []
     learner.update_callbacks.append(lambda info: losses.append(info))

@@ -125,7 +125,9 @@ def test_an_unreachable_cluster_is_a_one_line_error():
 def test_cli_learns_with_one_actor_and_refuses_a_bad_address(tmp_path):
     curve = tmp_path / "curve.json"
     cmd = [sys.executable, "-m", "squirrel", "learn", "--tasks", "fake-click", "--steps", "48", "--home", str(tmp_path),
-           "--no-progress", "--no-tensorboard", "--agent.encoder", TINY, "--agent.rollout", "16", "--json", str(curve),
+           "--no-progress", "--no-tensorboard", "--agent.encoder", TINY, "--agent.rollout", "16",
+           "--agent.success-map", "--agent.affordance", "--agent.ppo.map-batch", "4",
+           "--json", str(curve),
            "--actors", "1", "--scale.object-store-mb", "128"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-2000:]
