@@ -185,18 +185,25 @@ def test_with_memory_successes_are_recalled_and_the_policy_learns_to_trust_them(
     assert gain > 0.05, gain  # recalled targets were where success was: the policy came to trust them
 
 
+def map_agent(seed: int, instruction: str, **kw):
+    """Eight random screens with one instruction, and a tiny agent whose losses are only its maps' (no entropy,
+    value or world-model terms)."""
+    from agent.learner import ObsBatch
+
+    frames = np.random.default_rng(seed).integers(0, 255, (8, 210, 160, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    agent = Agent(AgentConfig(encoder=TINY, threads=1, ppo=PPOConfig(ent_coef=0.0, vf_coef=0.0, wm_coef=0.0, lr=1e-3),
+                              **kw))
+    return ObsBatch(frames, [instruction] * 8), agent
+
+
 def test_the_success_map_learns_from_failed_clicks_too_and_moves_the_point_logits():
     """With every advantage 0 (nothing for the policy gradient), clicks on one patch that failed and on another
     that succeeded still teach the success map, and the policy then points at the one that paid off."""
-    from agent.learner import ObsBatch
     from trainer.batches import PPOBatch
     from trainer.ppo import ppo_step
 
-    frames = np.random.default_rng(0).integers(0, 255, (8, 210, 160, 3), dtype=np.uint8)
-    obs = ObsBatch(frames, ["Click the red box."] * 8)
-    torch.manual_seed(0)
-    agent = Agent(AgentConfig(encoder=TINY, threads=1, success_map=True,
-                              ppo=PPOConfig(ent_coef=0.0, vf_coef=0.0, wm_coef=0.0, lr=1e-3)))
+    obs, agent = map_agent(0, "Click the red box.", success_map=True, affordance=False)
     good, bad = 20, 60
     a = agent.act(obs)[0]
     a = a._replace(type=torch.zeros(8, dtype=torch.long), patch=torch.tensor([good, bad] * 4))
@@ -265,15 +272,10 @@ def test_outcome_replay_keeps_the_latest_labelled_pointer_actions():
 
 def test_replayed_outcomes_teach_the_success_map_when_the_rollout_has_none():
     """A rollout with no finished pointer action (every outcome unknown) still trains the map from replay."""
-    from agent.learner import ObsBatch
     from trainer.batches import MapBatch, PPOBatch
     from trainer.ppo import ppo_step
 
-    frames = np.random.default_rng(1).integers(0, 255, (8, 210, 160, 3), dtype=np.uint8)
-    obs = ObsBatch(frames, ["Click the red box."] * 8)
-    torch.manual_seed(0)
-    agent = Agent(AgentConfig(encoder=TINY, threads=1, success_map=True,
-                              ppo=PPOConfig(ent_coef=0.0, vf_coef=0.0, wm_coef=0.0, lr=1e-3)))
+    obs, agent = map_agent(1, "Click the red box.", success_map=True, affordance=False)
     good, bad = 20, 60
     a = agent.act(obs)[0]._replace(type=torch.zeros(8, dtype=torch.long), patch=torch.tensor([good, bad] * 4))
     replay = MapBatch(obs, a, torch.tensor([1.0, 0.0] * 4))
@@ -294,15 +296,10 @@ def test_replayed_outcomes_teach_the_success_map_when_the_rollout_has_none():
 def test_the_affordance_map_learns_where_pointing_changes_the_screen_and_moves_the_point_there():
     """No reward at all (advantages 0): clicks on one cell changed the screen, clicks on another did not; the
     affordance map learns which, from `changed` alone, and the policy then points at the cell that reacts."""
-    from agent.learner import ObsBatch
     from trainer.batches import PPOBatch
     from trainer.ppo import ppo_step
 
-    frames = np.random.default_rng(2).integers(0, 255, (8, 210, 160, 3), dtype=np.uint8)
-    obs = ObsBatch(frames, ["Type in the City field."] * 8)
-    torch.manual_seed(0)
-    agent = Agent(AgentConfig(encoder=TINY, threads=1, affordance=True,
-                              ppo=PPOConfig(ent_coef=0.0, vf_coef=0.0, wm_coef=0.0, lr=1e-3)))
+    obs, agent = map_agent(2, "Type in the City field.", affordance=True)
     live, dead = (20, 5), (60, 9)  # (patch, sub-cell)
     a = agent.act(obs)[0]
     a = a._replace(type=torch.zeros(8, dtype=torch.long), patch=torch.tensor([live[0], dead[0]] * 4),
