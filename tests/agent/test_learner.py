@@ -171,7 +171,7 @@ def test_greedy_evaluations_are_on_the_curve_but_not_learned_from(tmp_path):
 
 def test_with_memory_successes_are_recalled_and_the_policy_learns_to_trust_them(tmp_path):
     cfg = LearnConfig(tasks="fake-click", steps=640, home=str(tmp_path), tensorboard=False, progress=False,
-                      agent=AgentConfig(encoder=TINY, threads=1, rollout=64, memory=True))
+                      agent=AgentConfig(encoder=TINY, threads=1, rollout=64, memory=True, affordance=False))
     run = LearnRun(cfg, ["fake-click"])
     run.start()
     recalled = []
