@@ -396,7 +396,7 @@ class DistributedLearner:
         self.scale = scale or ScaleConfig()
         self.rng = np.random.default_rng(seed)
         self.sil = SelfImitationBuffer(self.cfg.sil_capacity, self.cfg.gamma, self.cfg.replay == "balanced")
-        self.outcomes = OutcomeReplay(self.cfg.map_replay) if self.cfg.success_map and self.cfg.map_replay > 0 else None
+        self.outcomes = OutcomeReplay.for_config(self.cfg)
         self.env_steps = self.episodes = self.updates = 0
         self.buffer: list[Step] = []
         self._finals: dict[int, tuple[float, torch.Tensor]] = {}

@@ -356,6 +356,11 @@ class OutcomeReplay:
     def __init__(self, capacity: int):
         self.rows: deque = deque(maxlen=capacity)
 
+    @classmethod
+    def for_config(cls, cfg: AgentConfig) -> "OutcomeReplay | None":
+        """The replay an agent with `cfg` keeps (None: the success map is off, or its replay is)."""
+        return cls(cfg.map_replay) if cfg.success_map and cfg.map_replay > 0 else None
+
     def add_episode(self, steps: list[Step]) -> None:
         for s, y in zip(steps, pointer_outcomes(steps).tolist()):
             if y >= 0:
@@ -404,7 +409,7 @@ class Learner:
         self.cfg = agent.cfg
         self.rng = np.random.default_rng(seed)
         self.sil = SelfImitationBuffer(self.cfg.sil_capacity, self.cfg.gamma, self.cfg.replay == "balanced")
-        self.outcomes = OutcomeReplay(self.cfg.map_replay) if self.cfg.success_map and self.cfg.map_replay > 0 else None
+        self.outcomes = OutcomeReplay.for_config(self.cfg)
         self.env_steps = self.episodes = self.updates = self.decisions = 0
         self.buffer: list[Step] = []
         self._finals: dict[int, tuple[float, torch.Tensor]] = {}  # buffer index -> final obs (value, state)
@@ -622,16 +627,17 @@ def ppo_batch(agent: Agent, steps: list[Step], finals: dict[int, tuple[float, to
     gamma = torch.tensor([cfg.gamma ** s.duration for s in steps]) if any(s.duration != 1 for s in steps) else cfg.gamma
     adv, ret = gae(rewards, values, torch.tensor(final), torch.tensor([s.truncated for s in steps]),
                    next_values, gamma, cfg.gae_lambda)
+    actions = _cat_actions([s.action for s in steps])
     batch = PPOBatch(
         obs=ObsBatch(np.stack([s.frame for s in steps]), [s.instruction for s in steps],
                      [s.match for s in steps] if steps[0].match is not None else None,
                      [s.tools for s in steps] if steps[0].tools is not None else None,
                      [s.memory for s in steps] if all(s.memory is not None for s in steps) else None),
-        actions=_cat_actions([s.action for s in steps]),
+        actions=actions,
         old_logp=torch.tensor([s.logp for s in steps]), old_value=values, advantages=adv, returns=ret,
         next_state=next_state, changed=torch.tensor([float(s.changed) for s in steps]), has_next=torch.ones(T),
         outcome=pointer_outcomes(steps) if cfg.success_map else None,
-        pointer=torch.tensor([float(int(s.action.type[0]) in POINTER_IDS) for s in steps]) if cfg.affordance else None)
+        pointer=torch.isin(actions.type, _POINTER_IDS).float() if cfg.affordance else None)
     return batch, err_mean
 
 
