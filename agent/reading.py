@@ -65,18 +65,23 @@ def match_maps(frames: np.ndarray, word_pixels: torch.Tensor | np.ndarray, width
     word_pixels, widths, mask = (np.asarray(a) for a in (word_pixels, widths, mask))
     B, H, W = s.shape
     K, th, tw = word_pixels.shape[1:4]
-    Hp, Wp = H + th, W + tw
+    # Blank margin above and left of the screen (th/2, tw/2 px), so that template top-left (y, x) of the padded
+    # screen is the word centred at screen (y, x): a word near the left or top edge (a left-aligned label, the
+    # first word of a header line) is matched like any other. Without it, centres left of tw/2 were never tried.
+    s = F.pad(s, (tw // 2, 0, th // 2, 0))
+    Hs, Ws = s.shape[1:]
+    Hp, Wp = Hs + th, Ws + tw
     fs = torch.fft.rfft2(s, s=(Hp, Wp))  # (B,..)
     # window sums of the screen over each word's rectangle (rows y..y+th, its own columns) via integral images
     ii = F.pad(F.pad(s, (1, 0, 1, 0)).cumsum(1).cumsum(2), (0, tw, 0, th), mode="replicate")  # (B,Hp+1,Wp+1)
     ii2 = F.pad(F.pad(s * s, (1, 0, 1, 0)).cumsum(1).cumsum(2), (0, tw, 0, th), mode="replicate")
     out = torch.full((B, K, H, W), -1.0)
     for b in range(B):
-        tpl = _templates(word_pixels[b], widths[b], mask[b], H, W)
+        tpl = _templates(word_pixels[b], widths[b], mask[b], Hs, Ws)
         on = tpl.mask.nonzero()[:, 0]
         if not len(on):
             continue
-        # correlation via FFT: num[y, x] = sum_ij s[y+i, x+j] t[i, j]  (template top-left at (y, x))
+        # correlation via FFT: num[y, x] = sum_ij s[y+i, x+j] t[i, j]  (template top-left at padded (y, x))
         num = torch.fft.irfft2(fs[b] * tpl.ft[on], s=(Hp, Wp))[..., :H, :W]  # (k,H,W)
         x0, x1 = tpl.cols[on, 0], tpl.cols[on, 1]
 
@@ -87,8 +92,7 @@ def match_maps(frames: np.ndarray, word_pixels: torch.Tensor | np.ndarray, width
         s1, s2 = box(ii[b]), box(ii2[b])
         var = (s2 - s1 * s1 / tpl.n[on, None, None]).clamp(min=1e-3)
         out[b, on] = num / (var.sqrt() * tpl.tnorm[on, None, None])
-    # the response at (y, x) is for the word centred at (y + th/2, x + tw/2): shift, then pool to cells
-    out = F.pad(out, (tw // 2, 0, th // 2, 0), value=-1.0)[..., :H, :W]
+    # the response at (y, x) is for the word centred at screen (y, x): pool to cells
     return F.max_pool2d(out.flatten(0, 1)[:, None], CELL)[:, 0].reshape(B, K, H // CELL, W // CELL)
 
 

@@ -34,6 +34,23 @@ def test_each_word_peaks_where_it_is_shown_and_masked_words_stay_off():
     assert torch.equal(maps, again)
 
 
+def test_words_at_the_left_and_top_edges_are_found_where_they_are_shown():
+    # a left-aligned label's centre is nearer the edge than half the word canvas (WORD_W / 2 = 40 px)
+    frame = np.full((1, 210, 160, 3), 255, np.uint8)
+    places = {"Name": (0, 4), "harbor": (100, 2)}  # (top, left) of the ink
+    for word, (y, x) in places.items():
+        px, width = render_word(word)
+        ink = px[:, (WORD_W - width) // 2 - 1:]  # the canvas from just before the word's ink
+        frame[0, y:y + WORD_H, x:x + ink.shape[1]] = np.minimum(frame[0, y:y + WORD_H, x:x + ink.shape[1]], ink)
+    px, widths = zip(*[render_word(w) for w in places])
+    maps = match_maps(frame, np.stack(px)[None], np.array(widths)[None], np.array([[True, True]]))
+    for k, (word, (y, x)) in enumerate(places.items()):
+        cy, cx = divmod(int(maps[0, k].argmax()), maps.shape[-1])
+        centre = ((y + WORD_H // 2) // CELL, (x + 1 + widths[k] // 2) // CELL)
+        assert abs(cy - centre[0]) <= 1 and abs(cx - centre[1]) <= 1, (word, (cy, cx), centre)
+        assert float(maps[0, k].max()) > 0.9, word
+
+
 def test_matching_beside_the_encoder_gives_the_same_decision_as_after_it():
     from pathlib import Path
 
