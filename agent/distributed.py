@@ -244,7 +244,8 @@ class EpisodeActor:
             next_obs, reward, terminated, truncated, info = self.env.step(self.agent.policy.to_action(a))
             changed = not np.array_equal(next_obs["screen"], obs["screen"])
             ended = terminated or (truncated and self.agent.cfg.timeout_is_failure)
-            shaped = reward + self.agent.goal_text.shape(next_obs["screen"], ended)
+            shaped = (self.agent.learning_reward(self.env, reward, terminated, info)
+                      + self.agent.goal_text.shape(next_obs["screen"], ended))
             steps.append(Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(shaped),
                               bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None,
                               success=info.get("success")))

@@ -78,7 +78,8 @@ class FakeDesktopEnv(gym.Env):
         if truncated:  # out of steps: a failure, as on the real desktop
             success = False
         reward = -self.step_cost + ((1.0 if success else -1.0) if done or truncated else 0.0)
-        return self._obs(), reward, done, truncated, {"task": f"fake-{self.task}", "success": success}
+        return self._obs(), reward, done, truncated, {"task": f"fake-{self.task}", "success": success, "steps": self.steps,
+                                                      "max_steps": self.max_steps}
 
     def skip_step(self, reason: str):
         self.steps += 1

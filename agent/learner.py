@@ -94,6 +94,12 @@ class AgentConfig:
     timeout_is_failure: bool = True
     """Treat the task's step budget as part of the task: a timeout is a final failure (its -1 is the outcome),
     not a cut-off to bootstrap past."""
+    failure_as_timeout: bool = True
+    """Learn from a failure that ends an episode before its step budget as if the episode had run on to its
+    timeout (the same discounted -1 and step costs; `failure_reward`): failing early is then no better and no
+    worse than failing late. Off, the discount makes every failure cheaper the later it comes, so before its
+    first success the agent learns to avoid whatever can end an episode (pressing Enter in a field). Episode
+    returns and success stay the env's."""
     sil_capacity: int = 4000
     """Steps of the agent's own successful episodes kept for self-imitation."""
     map_replay: int = 4000
@@ -234,6 +240,12 @@ class Agent:
                          tool_param=torch.stack([t.param for t in tin]))
         x, instr = self.policy.prepare(obs.frames, instr)
         return self.policy(x, instr), dict(instr, n_words=nw)
+
+    def learning_reward(self, env, reward: float, terminated: bool, info: dict) -> float:
+        """The env's reward of a step as the agent learns from it (`failure_as_timeout`; shaping is added apart)."""
+        if not self.cfg.failure_as_timeout:
+            return reward
+        return failure_reward(reward, terminated, info, self.cfg.gamma, getattr(env.unwrapped, "step_cost", 0.0))
 
     def action_features(self, o, a: ActionBatch) -> torch.Tensor:
         """(B, 9 (+1 with tools) + D + 20): the action type, the fused token of the patch it points at, the key."""
@@ -465,7 +477,8 @@ class Learner:
             self.decisions += 1
             changed = not np.array_equal(next_obs["screen"], obs["screen"])
             ended = terminated or (truncated and self.cfg.timeout_is_failure)
-            shaped = reward + self.agent.goal_text.shape(next_obs["screen"], ended, max(1, duration))
+            shaped = self.agent.learning_reward(self.env, reward, terminated, info) + self.agent.goal_text.shape(
+                next_obs["screen"], ended, max(1, duration))
             step = Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(shaped),
                         bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None,
                         tin[0] if tin else None, max(1, duration), prims,
@@ -589,6 +602,16 @@ def execute(agent: Agent, env, obs: dict, a: ActionBatch):
     g = agent.cfg.gamma
     reward = sum(r * g ** i for i, r in enumerate(rewards))
     return last[0], reward, last[2], last[3], last[4], prims
+
+
+def failure_reward(reward: float, terminated: bool, info: dict, gamma: float, step_cost: float) -> float:
+    """The reward to learn from for a step that ended its episode in failure with R steps of budget left: the
+    discounted value of running on to the timeout instead, reward + (1 - gamma^R) - step_cost * sum_{j=1..R}
+    gamma^j (the env's failure is -1, at the end of the budget as at any other time). Other steps: unchanged."""
+    if not terminated or info.get("success") is not False or "max_steps" not in info:
+        return reward
+    left = max(0, int(info["max_steps"]) - int(info.get("steps", info["max_steps"])))
+    return reward + (1.0 - gamma ** left) - step_cost * sum(gamma ** j for j in range(1, left + 1))
 
 
 def env_steps_of(prims: list | None) -> int:

@@ -23,7 +23,7 @@ TINY = str(Path(__file__).parents[1] / "fixtures" / "tiny-encoder.json")
 def tiny_agent(**kw) -> Agent:
     torch.manual_seed(0)
     np.random.seed(0)
-    return Agent(AgentConfig(encoder=TINY, threads=1, rollout=64, ppo=PPOConfig(minibatch=32, epochs=2), **kw))
+    return Agent(AgentConfig(**{"encoder": TINY, "threads": 1, "rollout": 64, "ppo": PPOConfig(minibatch=32, epochs=2), **kw}))
 
 
 def fake_env():
@@ -238,6 +238,34 @@ def test_pointer_actions_are_labelled_with_how_their_episode_ended():
     C, K = ActionType.CLICK, ActionType.KEY
     steps = [step(C), step(K), step(C, True, True), step(C), step(C, True, False), step(C, True, None), step(C)]
     assert pointer_outcomes(steps).tolist() == [1.0, -1.0, 1.0, 0.0, 0.0, -1.0, -1.0]
+
+
+def test_an_early_failure_is_learned_as_the_same_loss_as_running_out_of_steps():
+    from agent.learner import failure_reward
+
+    g, c, budget = 0.9, 0.01, 4
+
+    def value(rewards):
+        return sum(r * g ** t for t, r in enumerate(rewards))
+
+    timeout = value([-c, -c, -c, -c - 1.0])  # four steps, the last runs out of budget: the env's -1
+    for t in (1, 2, 3):  # the task says "failed" at step t (the env's -c - 1 there)
+        early = [-c] * (t - 1) + [failure_reward(-c - 1.0, True, {"success": False, "steps": t, "max_steps": budget}, g, c)]
+        assert abs(value(early) - timeout) < 1e-9, t
+        assert value([-c] * (t - 1) + [-c - 1.0]) < timeout  # the env's own rewards: failing early costs more
+    assert failure_reward(1 - c, True, {"success": True, "steps": 1, "max_steps": budget}, g, c) == 1 - c
+    assert failure_reward(-c, False, {"success": None, "steps": 1, "max_steps": budget}, g, c) == -c
+    assert failure_reward(-c - 1.0, True, {"success": False}, g, c) == -c - 1.0  # no budget known: the env's reward
+    # the loop learns from these rewards (the fake desktop: budget 3, DONE is a failure at once)
+    for on in (True, False):
+        agent = tiny_agent(failure_as_timeout=on, rollout=512, gamma=g)
+        learner = Learner(agent, fake_env(), ["fake-click"])
+        learner.run(120)
+        failed = [s.reward for s in learner.buffer if s.terminated and s.success is False]
+        expect = {round(failure_reward(-c - 1.0, True, {"success": False, "steps": t, "max_steps": 3}, g, c), 9)
+                  for t in (1, 2, 3)} if on else {-c - 1.0}
+        assert failed and {round(r, 9) for r in failed} <= expect, (on, set(failed))
+        assert on == any(r > -c - 1.0 + 1e-6 for r in failed)
 
 
 def test_outcome_replay_keeps_the_latest_labelled_pointer_actions():
