@@ -23,7 +23,9 @@ TINY = str(Path(__file__).parents[1] / "fixtures" / "tiny-encoder.json")
 def tiny_agent(**kw) -> Agent:
     torch.manual_seed(0)
     np.random.seed(0)
-    return Agent(AgentConfig(**{"encoder": TINY, "threads": 1, "rollout": 64, "ppo": PPOConfig(minibatch=32, epochs=2), **kw}))
+    cfg = dict(encoder=TINY, threads=1, rollout=64, ppo=PPOConfig(minibatch=32, epochs=2))
+    cfg.update(kw)
+    return Agent(AgentConfig(**cfg))
 
 
 def fake_env():
@@ -248,9 +250,12 @@ def test_an_early_failure_is_learned_as_the_same_loss_as_running_out_of_steps():
     def value(rewards):
         return sum(r * g ** t for t, r in enumerate(rewards))
 
+    def failed_at(t, budget):  # what is learned when the task says "failed" at step t (the env's -c - 1 there)
+        return failure_reward(-c - 1.0, True, {"success": False, "steps": t, "max_steps": budget}, g, c)
+
     timeout = value([-c, -c, -c, -c - 1.0])  # four steps, the last runs out of budget: the env's -1
-    for t in (1, 2, 3):  # the task says "failed" at step t (the env's -c - 1 there)
-        early = [-c] * (t - 1) + [failure_reward(-c - 1.0, True, {"success": False, "steps": t, "max_steps": budget}, g, c)]
+    for t in (1, 2, 3):
+        early = [-c] * (t - 1) + [failed_at(t, budget)]
         assert abs(value(early) - timeout) < 1e-9, t
         assert value([-c] * (t - 1) + [-c - 1.0]) < timeout  # the env's own rewards: failing early costs more
     assert failure_reward(1 - c, True, {"success": True, "steps": 1, "max_steps": budget}, g, c) == 1 - c
@@ -262,8 +267,7 @@ def test_an_early_failure_is_learned_as_the_same_loss_as_running_out_of_steps():
         learner = Learner(agent, fake_env(), ["fake-click"])
         learner.run(120)
         failed = [s.reward for s in learner.buffer if s.terminated and s.success is False]
-        expect = {round(failure_reward(-c - 1.0, True, {"success": False, "steps": t, "max_steps": 3}, g, c), 9)
-                  for t in (1, 2, 3)} if on else {-c - 1.0}
+        expect = {round(failed_at(t, 3), 9) for t in (1, 2, 3)} if on else {-c - 1.0}
         assert failed and {round(r, 9) for r in failed} <= expect, (on, set(failed))
         assert on == any(r > -c - 1.0 + 1e-6 for r in failed)
 
