@@ -79,6 +79,12 @@ class AgentConfig:
     observed change: no reward needed) and add it to the point logits by a learned gain (agent/policy.py), so
     clicks go to things that react (a field, a tab) rather than to a label or the background. click-tab at 6,000
     steps, seeds 0/1/2: 0.72/0.64/0.64 with it, 0.44/0.00/0.00 without."""
+    ignore_echo: bool = False
+    """Do not take the instruction's own words for targets where the instruction is written out on the screen
+    (a task header: word after word as in the instruction, agent/reading.instruction_echo)."""
+    label_prior: bool = False
+    """Start out pointing just below a word of the instruction as readily as at the word itself (a field under
+    its label); a learned gain decides how much to keep trusting it."""
     rollout: int = 128
     """Env steps between updates."""
     gamma: float = 0.97
@@ -163,7 +169,8 @@ class Agent:
         encoder = create_encoder(cfg.encoder, self.pretrained_from, freeze=cfg.freeze_encoder)
         self.policy = Policy(encoder, reading=cfg.reading, layers=cfg.fusion_layers, learned_matcher=cfg.learned_matcher,
                              recall=cfg.memory, tools=cfg.tools, text_prior=cfg.text_prior,
-                             success_map=cfg.success_map, affordance=cfg.affordance)
+                             success_map=cfg.success_map, affordance=cfg.affordance,
+                             ignore_echo=cfg.ignore_echo, label_prior=cfg.label_prior)
         D = encoder.dim
         self.n_types = N_TYPES + int(cfg.tools)  # "call a tool" is one more type
         self.action_dim = self.n_types + D + len(KEYS)
@@ -172,7 +179,7 @@ class Agent:
         # match) would need thousands of updates at the shared lr: the reading scalars get their own.
         gains = [p for n, p in self.policy.named_parameters()
                  if n in ("match_gain", "learned_gain", "density_gain", "recall_gain", "quote_gain", "key_name_gain",
-                          "type_prior_gain", "affordance_gain")]
+                          "type_prior_gain", "affordance_gain", "label_gain")]
         rest = [p for p in list(self.policy.parameters()) + list(self.world_model.parameters())
                 if p.requires_grad and all(p is not g for g in gains)]
         groups = [{"params": rest}] + ([{"params": gains, "lr": cfg.gain_lr}] if gains else [])

@@ -39,7 +39,7 @@ from torch.distributions import Categorical
 
 from agent.actions import KEYS, POINTER_TYPES, Action, ActionType
 from agent.instruction import MAX_WORDS
-from agent.reading import instruction_density
+from agent.reading import instruction_density, instruction_echo
 
 # While acting (batch 1), the word matching runs on a second thread during the encoder's forward: torch ops
 # release the GIL, so on two cores the decision costs about max(encoder, matching) instead of their sum.
@@ -49,6 +49,7 @@ SUB = 4  # sub-cells per patch side
 N_TYPES = len(ActionType)
 TOOL = N_TYPES  # the policy's extra action type with tools on: call the tool in slot ActionBatch.tool
 SPAN_LENS = 4
+LABEL_CELLS = 6  # label prior: how far (4 px cells) below a word its field or control may start
 POINTER_IDS = sorted(int(t) for t in POINTER_TYPES)
 
 
@@ -140,7 +141,8 @@ def reading_stem(encoder: nn.Module) -> tuple[nn.Module, int]:
 class Policy(nn.Module):
     def __init__(self, encoder: nn.Module, text_dim: int = 384, layers: int = 2, heads: int = 4, reading: bool = True,
                  learned_matcher: bool = False, recall: bool = False, tools: bool = False, text_prior: bool = False,
-                 success_map: bool = False, affordance: bool = False):
+                 success_map: bool = False, affordance: bool = False, ignore_echo: bool = False,
+                 label_prior: bool = False):
         super().__init__()
         self.encoder, self.reading, self.learned_matcher = encoder, reading, reading and learned_matcher
         self.concurrent_matching = True  # acting: match the words on a second thread (see _MATCHER)
@@ -189,6 +191,9 @@ class Policy(nn.Module):
             self.word_select = nn.Linear(D, 1)
             self.match_gain = nn.Parameter(torch.tensor(4.0))
             self.density_gain = nn.Parameter(torch.tensor(0.0))  # learns how to treat the instruction's own text
+            self.ignore_echo = ignore_echo  # the instruction written out on screen (a header) is no target
+            if label_prior:  # a field or control just below a word it names: p(there) as at the word, at first
+                self.label_gain = nn.Parameter(torch.tensor(4.0))
         # the fixed pixel-space word match (agent/reading.py); off: the learned matcher is the only visual query
         self.pixel_match = True
         self._shared_stem: nn.Module | None = None
@@ -270,23 +275,31 @@ class Policy(nn.Module):
             react = self.affordance_gain * F.logsigmoid(affordance.detach())
             sub_logits, patch_logits = sub_logits + react, patch_logits + react.amax(-1)
         match = torch.zeros(B, N, SUB * SUB)
+        gh, gw = self.grid
+        cells = lambda a: a[:, : gh * SUB, : gw * SUB].reshape(B, gh, SUB, gw, SUB).permute(0, 1, 3, 2, 4).reshape(B, N, SUB * SUB)
         if self.reading:
             r = instr["match"] if self.pixel_match else 0.0  # (B,K,h,w): each word's template match, per 4 px cell
             if self.learned_matcher:
                 r = r + self.learned_gain * self.matcher(x, instr["word_x"], instr["word_widths"], mask, stem.get("f"))
             sel = self.word_select(w_out)[..., 0].masked_fill(~mask, neg).softmax(-1)  # (B,K) which word to find
             m = torch.einsum("bk,bkhw->bhw", sel, r)  # (B,h,w)
-            gh, gw = self.grid
-            match = m[:, : gh * SUB, : gw * SUB].reshape(B, gh, SUB, gw, SUB).permute(0, 1, 3, 2, 4).reshape(B, N, SUB * SUB)
-            dens = instruction_density(instr["match"] if self.pixel_match else r, mask)  # (B,h,w): where the instruction is shown
-            dens = dens[:, : gh * SUB, : gw * SUB].reshape(B, gh, SUB, gw, SUB).permute(0, 1, 3, 2, 4).reshape(B, N, SUB * SUB)
-            sub_logits = sub_logits + self.match_gain * match + self.density_gain * dens
-            patch_logits = patch_logits + (self.match_gain * match + self.density_gain * dens).amax(-1)
+            echo = None  # (B,h,w) where the instruction is written out, when a prior needs it
+            if self.pixel_match and (self.ignore_echo or hasattr(self, "label_gain")):
+                echo = instruction_echo(instr["match"], instr["word_widths"], mask)
+            if self.ignore_echo and echo is not None:
+                m = m.masked_fill(echo, 0.0)
+            match = cells(m)  # (B,N,16)
+            dens = cells(instruction_density(instr["match"] if self.pixel_match else r, mask))  # where the instruction is shown
+            point = self.match_gain * match + self.density_gain * dens
+            if hasattr(self, "label_gain") and echo is not None:  # the best match in the LABEL_CELLS cells above
+                written = ((instr["match"] > 0.7) & mask[..., None, None]).any(1) & ~echo  # (B,h,w) a word shown alone
+                above = F.max_pool2d(F.pad(m * written, (0, 0, LABEL_CELLS, 0))[:, None], (LABEL_CELLS, 1), stride=1)
+                point = point + self.label_gain * cells(above[:, 0, : m.shape[1]].clamp(min=0))
+            sub_logits = sub_logits + point
+            patch_logits = patch_logits + point.amax(-1)
         if hasattr(self, "recall_gain") and instr.get("recall") is not None and instr["recall"].shape[1]:
             # (B,M,h,w) remembered successful targets matched on this screen, weighted by goal similarity
-            prior = instr["recall"].amax(1).clamp(min=0)  # (B,h,w): 0 where nothing remembered matches
-            gh, gw = self.grid
-            prior = prior[:, : gh * SUB, : gw * SUB].reshape(B, gh, SUB, gw, SUB).permute(0, 1, 3, 2, 4).reshape(B, N, SUB * SUB)
+            prior = cells(instr["recall"].amax(1).clamp(min=0))  # (B,N,16): 0 where nothing remembered matches
             sub_logits = sub_logits + self.recall_gain * prior
             patch_logits = patch_logits + (self.recall_gain * prior).amax(-1)
         type_logits, tool_logits, tool_param = self.type_head(h) + type_prior, None, None

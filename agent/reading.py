@@ -105,3 +105,43 @@ def instruction_density(maps: torch.Tensor, mask: torch.Tensor, threshold: float
     near = F.max_pool2d(strong.flatten(0, 1)[:, None], reach, stride=1,
                         padding=(reach[0] // 2, reach[1] // 2))[:, 0].reshape(strong.shape)
     return near.sum(1) / mask.float().sum(1).clamp(min=1)[:, None, None]
+
+
+def _any_in(a: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """a (B,K,h,w) bool, first/last (B,K,1,w) column bounds -> (B,K,h,w): a is true somewhere in columns
+    first..last (inclusive, clipped to the screen) of the same row."""
+    B, K, h, w = a.shape
+    cs = F.pad(a.float().cumsum(-1), (1, 0))  # (B,K,h,w+1): cs[..., i] = count in columns < i
+    lo, hi = first.clamp(0, w).long().expand(B, K, h, w), (last + 1).clamp(0, w).long().expand(B, K, h, w)
+    return (cs.gather(-1, hi) - cs.gather(-1, lo)) > 0.5
+
+
+def instruction_echo(maps: torch.Tensor, widths: torch.Tensor, mask: torch.Tensor, threshold: float = 0.85,
+                     gap_px: tuple[int, int] = (1, 12), spread: int = 10) -> torch.Tensor:
+    """(B,K,h,w) word maps, (B,K) word widths in px, (B,K) mask -> (B,h,w) bool: the cells where the
+    instruction itself is written out (a task header), so that its words are not taken for targets.
+    A cell is echo when word k matches there and word k+1 matches to its right on the same line, where
+    the next word would be written (centres apart by half of each word's width plus a space, maybe a
+    quote: `gap_px`), or word k+2 does, past word k+1 (a quoted word matches less well), or the same
+    to its left. A button or label that shows one instruction word has no such neighbour. The echo then
+    spreads `spread` cells left and right along its line, over words that match less well (a quoted one).
+    On the playground's first screens (150 of them, six tasks) this found the headers and never a target;
+    at threshold 0.7 short words ("in", "the") also paired up by chance in a row of tabs."""
+    B, K, h, w = maps.shape
+    echo = torch.zeros(B, h, w, dtype=torch.bool)
+    strong = (maps > threshold) & mask[..., None, None].bool()
+    near_rows = F.max_pool2d(strong.float().flatten(0, 1)[:, None], (3, 1), stride=1, padding=(1, 0))
+    near_rows = near_rows[:, 0].reshape(B, K, h, w) > 0  # a word one cell up or down still counts as on the line
+    ends = F.pad(widths.float().cumsum(1), (1, 0))  # (B,K+1): widths of words 0..k-1
+    for j in (1, 2):  # word k and word k+j
+        if K <= j:
+            break
+        left, right = strong[:, :-j], near_rows[:, j:]  # (B,K-j,h,w)
+        between = ends[:, j:K] - ends[:, 1:K - j + 1]  # (B,K-j) widths of the words between them
+        centre = (widths[:, :-j] + widths[:, j:]).float() / 2 + between  # px between centres, less the gaps
+        lo, hi = ((centre + j * gap_px[0]) / CELL).floor(), ((centre + j * gap_px[1]) / CELL).ceil()
+        x = torch.arange(w)
+        follows = _any_in(right, x + lo[..., None, None], x + hi[..., None, None])  # word k+j at (y, x+lo..x+hi)
+        precedes = _any_in(left, x - hi[..., None, None], x - lo[..., None, None])  # word k at (y, x-hi..x-lo)
+        echo |= (left & follows).any(1) | (strong[:, j:] & precedes).any(1)
+    return F.max_pool2d(echo.float()[:, None], (3, 2 * spread + 1), stride=1, padding=(1, spread))[:, 0] > 0

@@ -36,6 +36,10 @@ class PPOConfig:
     """Weight of the value loss."""
     ent_coef: float = 0.01
     """Weight of the entropy bonus."""
+    adv_std_floor: float = 0.0
+    """Advantages are normalised per minibatch by max(std, this). While every episode fails, their spread is
+    the value estimate's noise, and dividing by it makes that noise a full-size policy step, a random walk
+    (0: plain normalisation)."""
     sil_coef: float = 1.0
     """Weight of self-imitation on the agent's own successes (0: off)."""
     sil_batch: int = 16
@@ -53,12 +57,18 @@ class PPOConfig:
     """Gradient clipping."""
 
 
+def normalise_advantages(adv: torch.Tensor, std_floor: float = 0.0) -> torch.Tensor:
+    """(B,) -> (B,) centred, and divided by their spread or by `std_floor`, whichever is larger."""
+    if adv.numel() < 2:
+        return adv
+    return (adv - adv.mean()) / adv.std().clamp(min=max(std_floor, 1e-8))
+
+
 def ppo_step(model: ActorCritic, wm: WorldModel, opt: torch.optim.Optimizer, batch: PPOBatch, cfg: PPOConfig,
              sil: SILBatch | None = None, replay: MapBatch | None = None) -> dict[str, float]:
     """The losses of one minibatch, then one optimiser step. Returns the loss terms."""
     ev = model.evaluate(batch.obs, batch.actions)
-    adv = batch.advantages
-    adv = (adv - adv.mean()) / (adv.std() + 1e-8) if adv.numel() > 1 else adv
+    adv = normalise_advantages(batch.advantages, cfg.adv_std_floor)
     ratio = torch.exp(ev.logp - batch.old_logp)  # (B,)
     pg = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv).mean()
     vf = F.mse_loss(ev.value, batch.returns)

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from agent.instruction import WORD_H, WORD_W, render_word
-from agent.reading import CELL, match_maps
+from agent.reading import CELL, instruction_echo, match_maps
 
 
 def screen_with(words_at: dict[str, tuple[int, int]]) -> np.ndarray:
@@ -49,6 +49,70 @@ def test_words_at_the_left_and_top_edges_are_found_where_they_are_shown():
         centre = ((y + WORD_H // 2) // CELL, (x + 1 + widths[k] // 2) // CELL)
         assert abs(cy - centre[0]) <= 1 and abs(cx - centre[1]) <= 1, (word, (cy, cx), centre)
         assert float(maps[0, k].max()) > 0.9, word
+
+
+def header_and_label(line: str, label: str, label_at: tuple[int, int]) -> np.ndarray:
+    """A screen with `line` written out at the top (a task header) and `label` alone at (top, left)."""
+    from PIL import Image, ImageDraw
+
+    from agent.instruction import _font
+
+    img = Image.new("RGB", (160, 210), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    x = 4
+    for word in line.split():  # word by word at whole pixels, a space apart, as a GUI label lays them out
+        draw.text((x, 6), word, font=_font(), fill=(0, 0, 0))
+        x += int(np.ceil(_font().getlength(word + " ")))
+    draw.text(label_at[::-1], label, font=_font(), fill=(0, 0, 0))
+    return np.asarray(img, dtype=np.uint8)[None]
+
+
+def test_the_instruction_written_out_is_echo_and_a_label_with_one_of_its_words_is_not():
+    words = ["Enter", "the", "City", "field"]
+    frame = header_and_label("Enter the City field", "City", (120, 6))
+    px, widths = zip(*[render_word(w) for w in words])
+    widths, mask = torch.tensor([widths]), torch.ones(1, len(words), dtype=torch.bool)
+    maps = match_maps(frame, np.stack(px)[None], widths.numpy(), mask.numpy())
+    echo = instruction_echo(maps, widths, mask)[0]  # (h,w)
+    header, body = maps[0, :, :8], maps[0, :, 20:]  # rows 0-31 px; rows from 80 px down
+    for k, word in enumerate(words):  # each word of the header line, at its peak there
+        cy, cx = divmod(int(header[k].argmax()), header.shape[-1])
+        assert float(header[k].max()) > 0.9 and echo[cy, cx], word
+    cy, cx = divmod(int(body[2].argmax()), body.shape[-1])  # the label "City", alone
+    assert float(body[2].max()) > 0.9 and abs(cy + 20 - (120 + WORD_H // 2) // CELL) <= 1
+    assert not echo[20:].any()
+
+
+def test_the_label_prior_points_below_the_named_word_and_not_at_the_instructions_echo():
+    from pathlib import Path
+
+    from agent.learner import Agent, AgentConfig, ObsBatch
+    from agent.policy import LABEL_CELLS, SUB
+
+    torch.manual_seed(0)
+    agent = Agent(AgentConfig(encoder=str(Path(__file__).parents[1] / "fixtures" / "tiny-encoder.json"),
+                              ignore_echo=True, label_prior=True))
+    instruction = 'Enter "maple" in the City field.'
+    ob = ObsBatch(header_and_label(instruction, "City", (120, 6)), [instruction])
+    gh, gw = agent.policy.grid
+
+    def point_logits():  # (h, w) per 4 px cell
+        with torch.no_grad():
+            o, _ = agent._forward(ob)
+        return o.sub_logits[0].reshape(gh, gw, SUB, SUB).permute(0, 2, 1, 3).reshape(gh * SUB, gw * SUB)
+
+    with_label = point_logits()
+    agent.policy.label_gain.data.zero_()
+    lift = with_label - point_logits()
+    cy, cx = divmod(int(lift.argmax()), lift.shape[-1])
+    label_row = (120 + WORD_H // 2) // CELL
+    assert float(lift.max()) > 0.5 and label_row <= cy <= label_row + LABEL_CELLS and cx < 40 // CELL, (cy, cx)
+    assert float(lift[label_row + 4, cx]) > 0.5 * float(lift.max())  # 16 px below the word: where its field would be
+    assert float(lift[: 40 // CELL].abs().max()) < 0.1 * float(lift.max())  # nothing from the header's words
+    agent.policy.ignore_echo = False
+    with torch.no_grad():
+        seen, _ = agent._forward(ob)
+    assert float(seen.match[0].reshape(gh, gw, SUB, SUB).permute(0, 2, 1, 3).reshape(gh * SUB, gw * SUB)[: 40 // CELL].max()) > 0.1
 
 
 def test_matching_beside_the_encoder_gives_the_same_decision_as_after_it():

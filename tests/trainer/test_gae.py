@@ -17,3 +17,13 @@ def test_terminated_does_not_bootstrap_truncated_does():
     d2 = 0.0 + 0.9 * 0.5 - 0.5
     assert torch.isclose(adv[3], torch.tensor(d3)) and torch.isclose(adv[2], torch.tensor(d2 + 0.9 * d3))
     assert torch.allclose(ret, adv + v)
+
+
+def test_a_floor_on_the_advantage_spread_keeps_noise_small_and_leaves_real_spread_alone():
+    from trainer.ppo import normalise_advantages
+
+    noise = torch.tensor([-0.02, 0.01, 0.03, -0.01])  # every episode failed: what is left is the value's noise
+    assert normalise_advantages(noise).std() > 0.99  # plain normalisation makes it a full-size step
+    assert normalise_advantages(noise, 0.3).abs().max() < 0.15
+    real = torch.tensor([-1.0, 0.5, 1.0, -0.5])
+    assert torch.allclose(normalise_advantages(real, 0.3), normalise_advantages(real))
