@@ -85,6 +85,10 @@ class AgentConfig:
     label_prior: bool = False
     """Start out pointing just below a word of the instruction as readily as at the word itself (a field under
     its label); a learned gain decides how much to keep trusting it."""
+    prior_entropy: bool = False
+    """The entropy bonus on the action type pulls toward the types the policy started with (mostly clicks;
+    typing and keys when the instruction quotes a text or names a key) rather than toward uniform: while
+    every episode fails it otherwise drifts to drags, scrolls and right-clicks, which no playground task needs."""
     rollout: int = 128
     """Env steps between updates."""
     gamma: float = 0.97
@@ -170,7 +174,8 @@ class Agent:
         self.policy = Policy(encoder, reading=cfg.reading, layers=cfg.fusion_layers, learned_matcher=cfg.learned_matcher,
                              recall=cfg.memory, tools=cfg.tools, text_prior=cfg.text_prior,
                              success_map=cfg.success_map, affordance=cfg.affordance,
-                             ignore_echo=cfg.ignore_echo, label_prior=cfg.label_prior)
+                             ignore_echo=cfg.ignore_echo, label_prior=cfg.label_prior,
+                             prior_entropy=cfg.prior_entropy)
         D = encoder.dim
         self.n_types = N_TYPES + int(cfg.tools)  # "call a tool" is one more type
         self.action_dim = self.n_types + D + len(KEYS)

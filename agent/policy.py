@@ -49,6 +49,8 @@ SUB = 4  # sub-cells per patch side
 N_TYPES = len(ActionType)
 TOOL = N_TYPES  # the policy's extra action type with tools on: call the tool in slot ActionBatch.tool
 SPAN_LENS = 4
+TYPE_BIAS = torch.zeros(N_TYPES).index_fill(0, torch.tensor([ActionType.CLICK]), 1.5).index_fill(
+    0, torch.tensor([ActionType.DONE]), -1.0)  # the type head's starting bias: mostly clicks, rarely "done"
 LABEL_CELLS = 6  # label prior: how far (4 px cells) below a word its field or control may start
 POINTER_IDS = sorted(int(t) for t in POINTER_TYPES)
 
@@ -84,6 +86,7 @@ class PolicyOutput(NamedTuple):
     tool_param: torch.Tensor | None = None  # (B,T) bool: the slot's tool types a span the policy picks
     success: torch.Tensor | None = None  # (B,N) success-map logits (success map on)
     affordance: torch.Tensor | None = None  # (B,N,16) affordance logits per patch and in-patch cell (affordance on)
+    type_prior: torch.Tensor | None = None  # (B,9 or 10) fixed logits the type entropy bonus pulls toward (prior_entropy)
 
 
 class ReadingMatcher(nn.Module):
@@ -142,7 +145,7 @@ class Policy(nn.Module):
     def __init__(self, encoder: nn.Module, text_dim: int = 384, layers: int = 2, heads: int = 4, reading: bool = True,
                  learned_matcher: bool = False, recall: bool = False, tools: bool = False, text_prior: bool = False,
                  success_map: bool = False, affordance: bool = False, ignore_echo: bool = False,
-                 label_prior: bool = False):
+                 label_prior: bool = False, prior_entropy: bool = False):
         super().__init__()
         self.encoder, self.reading, self.learned_matcher = encoder, reading, reading and learned_matcher
         self.concurrent_matching = True  # acting: match the words on a second thread (see _MATCHER)
@@ -158,9 +161,8 @@ class Policy(nn.Module):
         self.norm = nn.LayerNorm(D)
         self.type_head, self.key_head, self.value_head = nn.Linear(D, N_TYPES), nn.Linear(D, len(KEYS)), nn.Linear(D, 1)
         with torch.no_grad():  # a GUI prior: most actions are clicks, few are "done" (p(click) ~ 0.36 at init)
-            self.type_head.bias.zero_()
-            self.type_head.bias[ActionType.CLICK] = 1.5
-            self.type_head.bias[ActionType.DONE] = -1.0
+            self.type_head.bias.copy_(TYPE_BIAS)
+        self.prior_entropy = prior_entropy
         self.len_head = nn.Linear(D, SPAN_LENS)
         self.start_head = nn.Linear(D, 1)
         self.point_head, self.point2_head = nn.Linear(D, 1 + SUB * SUB), nn.Linear(D, 1 + SUB * SUB)
@@ -262,7 +264,9 @@ class Policy(nn.Module):
             len_logits = len_logits + self.quote_gain * quoted_runs(q)
             key_logits = key_logits + self.key_name_gain * named
             type_prior = type_prior.index_copy(1, torch.tensor([ActionType.KEY, ActionType.TYPE]),
-                                               torch.stack([named.amax(1), q.amax(1)], 1)) * self.type_prior_gain
+                                               torch.stack([named.amax(1), q.amax(1)], 1))
+        start_types = (TYPE_BIAS + type_prior).detach()  # (B,9) the policy's types at init, given this instruction
+        type_prior = type_prior * self.type_prior_gain if hasattr(self, "type_prior_gain") else type_prior
         pl, pl2 = self.point_head(p_out), self.point2_head(p_out)  # (B,N,17)
         patch_logits, sub_logits = pl[..., 0], pl[..., 1:]
         success = None
@@ -309,9 +313,10 @@ class Policy(nn.Module):
             tool_logits = tool_logits.masked_fill(~avail, neg)
             call = self.tool_call(h).masked_fill(~avail.any(1, keepdim=True), neg)  # (B,1)
             type_logits = torch.cat([type_logits, call], 1)  # (B,10)
+            start_types = torch.cat([start_types, torch.full((B, 1), -1.0)], 1)
         return PolicyOutput(type_logits, key_logits, start_logits, len_logits, patch_logits, sub_logits,
                             pl2[..., 0], pl2[..., 1:], self.value_head(h)[..., 0], pooled, p_out, match, tool_logits,
-                            tool_param, success, affordance)
+                            tool_param, success, affordance, start_types if self.prior_entropy else None)
 
     def prepare(self, frames, instr: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """uint8 frames (B,H,W,3) and InstructionCache.batch() -> forward()'s inputs."""
@@ -360,7 +365,10 @@ class Policy(nn.Module):
                 + is_key * key.log_prob(a.key) + is_type * (start.log_prob(a.start) + length.log_prob(a.length)))
         pt = t.probs.detach()
         p_ptr = pt[:, POINTER_IDS].sum(-1)
-        ent = (t.entropy() + p_ptr * (pc.entropy() + sc.entropy()) / 2 + pt[:, ActionType.DRAG] * p2c.entropy() / 2
+        # the entropy bonus on the type: toward uniform, or (prior_entropy) toward the types it started with:
+        # -KL(pi || prior) = H(pi) + sum pi log prior
+        t_ent = t.entropy() if o.type_prior is None else t.entropy() + (t.probs * F.log_softmax(o.type_prior, -1)).sum(-1)
+        ent = (t_ent + p_ptr * (pc.entropy() + sc.entropy()) / 2 + pt[:, ActionType.DRAG] * p2c.entropy() / 2
                + pt[:, ActionType.KEY] * key.entropy() + pt[:, ActionType.TYPE] * start.entropy())
         if o.tool_logits is not None:  # a tool call: its slot, and the span it types if it takes one
             tc = Categorical(logits=o.tool_logits)

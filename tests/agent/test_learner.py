@@ -363,3 +363,30 @@ def test_the_learning_loop_feeds_the_maps_their_labels():
     learner.run(200)
     assert len(losses) >= 2 and all("affordance" in x for x in losses) and any("success_map" in x for x in losses)
     assert len(learner.outcomes) > 0 and set(r[3] for r in learner.outcomes.rows) <= {0.0, 1.0}
+
+
+def test_the_prior_entropy_bonus_pulls_the_action_type_toward_its_start_not_toward_uniform():
+    from agent.actions import ActionType
+    from agent.learner import ObsBatch
+
+    frames = np.random.default_rng(0).integers(0, 255, (2, 210, 160, 3), dtype=np.uint8)
+    ob = ObsBatch(frames, ['Type "maple" and press Enter.'] * 2)
+    ends = {}
+    for prior in (False, True):
+        agent = tiny_agent(prior_entropy=prior)
+        with torch.no_grad():
+            o, _ = agent._forward(ob)
+        logits = torch.zeros_like(o.type_logits, requires_grad=True)  # a policy that drifted to uniform types
+        opt = torch.optim.SGD([logits], lr=1.0)
+        for _ in range(200):  # the entropy bonus alone
+            a = agent.policy.sample(o._replace(type_logits=logits.detach()))
+            _, ent = agent.policy.log_prob_entropy(o._replace(type_logits=logits), a)
+            opt.zero_grad()
+            (-ent.mean()).backward()
+            opt.step()
+        ends[prior] = logits.detach().softmax(-1).mean(0)
+    assert torch.allclose(ends[False], torch.full_like(ends[False], 1 / len(ends[False])), atol=1e-3)
+    start = o.type_prior.softmax(-1).mean(0)  # clicks first, then typing and Enter, which the instruction names
+    assert torch.allclose(ends[True], start, atol=0.02)
+    assert ends[True][ActionType.CLICK] > ends[True][ActionType.TYPE] > ends[True][ActionType.SCROLL_UP]
+    assert ends[True][ActionType.KEY] > ends[True][ActionType.DRAG]
