@@ -55,6 +55,14 @@ LABEL_CELLS = 6  # label prior: how far (4 px cells) below a word its field or c
 POINTER_IDS = sorted(int(t) for t in POINTER_TYPES)
 
 
+def _match_and_echo(frames, word_pixels, widths, mask, echo: bool):
+    """match_maps, and instruction_echo on them when `echo` (the matcher thread's work while acting)."""
+    from agent.reading import match_maps
+
+    m = match_maps(frames, word_pixels, widths, mask)
+    return m, instruction_echo(m, torch.as_tensor(widths), torch.as_tensor(mask)) if echo else None
+
+
 class ActionBatch(NamedTuple):
     """Every head's choice (all sampled; only those the type uses count). Each (B,) int64."""
 
@@ -238,7 +246,9 @@ class Policy(nn.Module):
             if hook is not None:
                 hook.remove()
         if isinstance(instr.get("match"), Future):  # computed meanwhile on the matcher thread (prepare())
-            instr["match"] = instr["match"].result()  # in place: the caller keeps the maps it stores with the step
+            instr["match"], echo = instr["match"].result()  # in place: the caller keeps the maps it stores with the step
+            if echo is not None:
+                instr["echo"] = echo
         B, N, D = tokens.shape
         mask = instr["word_mask"]  # (B,K) bool
         K = mask.shape[1]
@@ -288,8 +298,8 @@ class Policy(nn.Module):
             sel = self.word_select(w_out)[..., 0].masked_fill(~mask, neg).softmax(-1)  # (B,K) which word to find
             m = torch.einsum("bk,bkhw->bhw", sel, r)  # (B,h,w)
             echo = None  # (B,h,w) where the instruction is written out, when a prior needs it
-            if self.pixel_match and (self.ignore_echo or hasattr(self, "label_gain")):
-                echo = instruction_echo(instr["match"], instr["word_widths"], mask)
+            if self._wants_echo():
+                echo = instr["echo"] if "echo" in instr else instruction_echo(instr["match"], instr["word_widths"], mask)
             if self.ignore_echo and echo is not None:
                 m = m.masked_fill(echo, 0.0)
             match = cells(m)  # (B,N,16)
@@ -326,13 +336,19 @@ class Policy(nn.Module):
 
             args = (frames, instr["word_pixels"], instr["word_widths"], instr["word_mask"])
             concurrent = self.concurrent_matching and len(frames) == 1 and not torch.is_grad_enabled()  # acting
-            instr = dict(instr, match=_MATCHER.submit(match_maps, *args) if concurrent else match_maps(*args))
+            if concurrent:  # the maps (and where the instruction is written out) while the encoder runs
+                instr = dict(instr, match=_MATCHER.submit(_match_and_echo, *args, self._wants_echo()))
+            else:
+                instr = dict(instr, match=match_maps(*args))
         if self.learned_matcher:
             wp = instr["word_pixels"]  # (B,K,16,96,3) uint8
             B, K = wp.shape[:2]
             wx = _prep_words(self.encoder, wp)
             instr = dict(instr, word_x=wx.reshape(B, K, 3, *wx.shape[2:]))
         return x, instr
+
+    def _wants_echo(self) -> bool:
+        return self.reading and self.pixel_match and (self.ignore_echo or hasattr(self, "label_gain"))
 
     # -- distributions -------------------------------------------------------------------------------
     def sample(self, o: PolicyOutput, greedy: bool = False) -> ActionBatch:

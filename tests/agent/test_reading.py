@@ -120,16 +120,18 @@ def test_matching_beside_the_encoder_gives_the_same_decision_as_after_it():
 
     from agent.learner import Agent, AgentConfig, ObsBatch
 
-    torch.manual_seed(0)
-    agent = Agent(AgentConfig(encoder=str(Path(__file__).parents[1] / "fixtures" / "tiny-encoder.json")))
-    ob = ObsBatch(screen_with({"harbor": (30, 10), "orbit": (90, 60)}), ["Click the orbit button"])
-    outs = []
-    for concurrent in (True, False):
-        agent.policy.concurrent_matching = concurrent
-        _, _, value, _, _, out, match = agent.act(ob, greedy=True)
-        outs.append((value, out.patch_logits, match[0]))
-    for a, b in zip(*outs):
-        assert torch.equal(a, b)
+    for priors in ({}, {"ignore_echo": True, "label_prior": True}):  # these also find the echo beside the encoder
+        torch.manual_seed(0)
+        agent = Agent(AgentConfig(encoder=str(Path(__file__).parents[1] / "fixtures" / "tiny-encoder.json"), **priors))
+        ob = ObsBatch(screen_with({"harbor": (30, 10), "orbit": (90, 60), "Click": (4, 4), "the": (4, 34)}),
+                      ["Click the orbit button"])
+        outs = []
+        for concurrent in (True, False):
+            agent.policy.concurrent_matching = concurrent
+            _, _, value, _, _, out, match = agent.act(ob, greedy=True)
+            outs.append((value, out.patch_logits, match[0]))
+        for a, b in zip(*outs):
+            assert torch.equal(a, b)
 
 
 def test_the_learned_matcher_reads_the_encoders_own_stem_features_as_if_it_ran_the_stem_again():
