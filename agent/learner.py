@@ -89,6 +89,10 @@ class AgentConfig:
     """The entropy bonus on the action type pulls toward the types the policy started with (mostly clicks;
     typing and keys when the instruction quotes a text or names a key) rather than toward uniform: while
     every episode fails it otherwise drifts to drags, scrolls and right-clicks, which no playground task needs."""
+    small_heads: bool = False
+    """Start the action heads' weights 100x smaller than PyTorch's default (as on-policy RL studies recommend,
+    Andrychowicz et al. 2021): the first policy is then its biases and reading priors, the same for every
+    seed, instead of a random preference for some action type or screen region."""
     rollout: int = 128
     """Env steps between updates."""
     gamma: float = 0.97
@@ -175,7 +179,7 @@ class Agent:
                              recall=cfg.memory, tools=cfg.tools, text_prior=cfg.text_prior,
                              success_map=cfg.success_map, affordance=cfg.affordance,
                              ignore_echo=cfg.ignore_echo, label_prior=cfg.label_prior,
-                             prior_entropy=cfg.prior_entropy)
+                             prior_entropy=cfg.prior_entropy, small_heads=cfg.small_heads)
         D = encoder.dim
         self.n_types = N_TYPES + int(cfg.tools)  # "call a tool" is one more type
         self.action_dim = self.n_types + D + len(KEYS)

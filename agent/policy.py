@@ -153,7 +153,7 @@ class Policy(nn.Module):
     def __init__(self, encoder: nn.Module, text_dim: int = 384, layers: int = 2, heads: int = 4, reading: bool = True,
                  learned_matcher: bool = False, recall: bool = False, tools: bool = False, text_prior: bool = False,
                  success_map: bool = False, affordance: bool = False, ignore_echo: bool = False,
-                 label_prior: bool = False, prior_entropy: bool = False):
+                 label_prior: bool = False, prior_entropy: bool = False, small_heads: bool = False):
         super().__init__()
         self.encoder, self.reading, self.learned_matcher = encoder, reading, reading and learned_matcher
         self.concurrent_matching = True  # acting: match the words on a second thread (see _MATCHER)
@@ -174,6 +174,10 @@ class Policy(nn.Module):
         self.len_head = nn.Linear(D, SPAN_LENS)
         self.start_head = nn.Linear(D, 1)
         self.point_head, self.point2_head = nn.Linear(D, 1 + SUB * SUB), nn.Linear(D, 1 + SUB * SUB)
+        if small_heads:  # the action heads start near their biases and priors, not at a random skew per seed
+            with torch.no_grad():
+                for head in (self.type_head, self.key_head, self.len_head, self.start_head, self.point_head, self.point2_head):
+                    head.weight.mul_(0.01)
         if success_map:
             self.success_head = nn.Linear(D, 1)
             self.success_gain = nn.Parameter(torch.tensor(1.0))  # p(patch) ~ p(success there) x the rest, at first
