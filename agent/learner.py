@@ -91,8 +91,8 @@ class AgentConfig:
     every episode fails it otherwise drifts to drags, scrolls and right-clicks, which no playground task needs."""
     small_heads: bool = False
     """Start the action heads' weights 100x smaller than PyTorch's default (as on-policy RL studies recommend,
-    Andrychowicz et al. 2021): the first policy is then its biases and reading priors, the same for every
-    seed, instead of a random preference for some action type or screen region."""
+    Andrychowicz et al. 2021) and their biases at zero (the type head's at its GUI prior): the first policy is
+    then its priors, the same for every seed, instead of a random preference for some action or region."""
     rollout: int = 128
     """Env steps between updates."""
     gamma: float = 0.97

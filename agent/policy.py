@@ -174,10 +174,12 @@ class Policy(nn.Module):
         self.len_head = nn.Linear(D, SPAN_LENS)
         self.start_head = nn.Linear(D, 1)
         self.point_head, self.point2_head = nn.Linear(D, 1 + SUB * SUB), nn.Linear(D, 1 + SUB * SUB)
-        if small_heads:  # the action heads start near their biases and priors, not at a random skew per seed
+        if small_heads:  # the action heads start at their priors, not at a random skew per seed
             with torch.no_grad():
                 for head in (self.type_head, self.key_head, self.len_head, self.start_head, self.point_head, self.point2_head):
                     head.weight.mul_(0.01)
+                    if head is not self.type_head:  # whose bias is the GUI prior, TYPE_BIAS
+                        head.bias.zero_()
         if success_map:
             self.success_head = nn.Linear(D, 1)
             self.success_gain = nn.Parameter(torch.tensor(1.0))  # p(patch) ~ p(success there) x the rest, at first

@@ -398,12 +398,12 @@ def test_small_action_heads_start_every_seed_at_the_same_prior():
     frames = np.random.default_rng(0).integers(0, 255, (2, 210, 160, 3), dtype=np.uint8)
     ob = ObsBatch(frames, ['Type "maple" and press Enter.'] * 2)
 
-    def start(seed: int, small: bool) -> torch.Tensor:  # the first type and key distributions of a new agent
+    def start(seed: int, small: bool) -> torch.Tensor:  # the first type and key logits of a new agent
         torch.manual_seed(seed)
         agent = Agent(AgentConfig(encoder=TINY, threads=1, small_heads=small))
         with torch.no_grad():
             o, _ = agent._forward(ob)
-        return torch.cat([o.type_logits.softmax(-1), o.key_logits.softmax(-1)], 1)
+        return torch.cat([o.type_logits, o.key_logits], 1)
 
-    assert (start(1, False) - start(2, False)).abs().max() > 0.05
-    assert (start(1, True) - start(2, True)).abs().max() < 0.01
+    assert (start(1, False) - start(2, False)).abs().max() > 0.5
+    assert (start(1, True) - start(2, True)).abs().max() < 0.05
