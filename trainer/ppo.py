@@ -36,10 +36,10 @@ class PPOConfig:
     """Weight of the value loss."""
     ent_coef: float = 0.01
     """Weight of the entropy bonus."""
-    adv_std_floor: float = 0.0
+    adv_std_floor: float = 0.3
     """Advantages are normalised per minibatch by max(std, this). While every episode fails, their spread is
     the value estimate's noise, and dividing by it makes that noise a full-size policy step, a random walk
-    (0: plain normalisation)."""
+    (0: plain normalisation). Rewards are about 1 in size here, so once episodes differ this changes nothing."""
     sil_coef: float = 1.0
     """Weight of self-imitation on the agent's own successes (0: off)."""
     sil_batch: int = 16
