@@ -16,13 +16,19 @@
     reading: each instruction word rendered as pixels is matched (normalised cross-correlation) against
              the screen (agent/reading.py; optionally also in the encoder's own learned stride-4 features);
              a learned choice of word adds its match map to the point logits, so "click the thing that
-             says WORD" is matching, which works for words never seen before.
+             says WORD" is matching, which works for words never seen before. Where the instruction is
+             written out (a task header: its words one after another) the match counts for nothing (ignore_echo),
+             and the cells just below a word shown alone get its match by a learned gain (label_prior: a field
+             under its label).
     text prior: words in quotes add to the TYPE span's start and length logits (a quoted phrase is what to
              enter), words naming a key ("press Enter") to that key's logit, and either kind present to the
              TYPE / KEY type logits; each by a learned gain (agent/instruction.py reads them).
     tools (optional, agent/tools.py): a 10th action type "call a tool" (offered only when a tool is available
              on the screen), a slot head (the goal state against each tool's descriptor) and the span head for
              a tool that types: the value of calling a tool is learned like any action's (options).
+
+With small_heads the action heads start with 100x smaller weights, so the first policy is its priors for any
+seed; with prior_entropy the type's entropy bonus pulls toward those priors rather than toward uniform.
 
 Gradients from every head (and the world model) reach the encoder: it is trained, not frozen.
 """
