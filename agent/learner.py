@@ -89,8 +89,9 @@ class AgentConfig:
 
     These two, `prior_entropy`, `small_heads` and `ppo.adv_std_floor` became the defaults together (seed 0,
     6,000 steps, against the previous defaults): click-button 80% at 1,500 steps (3,000), click-tab 0.88
-    final and 80% at 4,500 (0.72, never), focus-text learns at all (0.42 final with all but small_heads;
-    seed 2 0.16; 0 in every earlier run)."""
+    final and 80% at 4,500 (0.72, never), confirm-dialog 80% at 4,000 (6,000), enter-text 80% at 5,000 (4,000);
+    focus-text learns at all (0.42 final with all but small_heads; seeds 1 and 2 with all: 0.36 and greedy
+    0.70 at 6,000, 0.16; 0 in every earlier run)."""
     prior_entropy: bool = True
     """The entropy bonus on the action type pulls toward the types the policy started with (mostly clicks;
     typing and keys when the instruction quotes a text or names a key) rather than toward uniform: while
