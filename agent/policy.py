@@ -45,7 +45,7 @@ from torch.distributions import Categorical
 
 from agent.actions import KEYS, POINTER_TYPES, Action, ActionType
 from agent.instruction import MAX_WORDS
-from agent.reading import instruction_density, instruction_echo
+from agent.reading import instruction_density, instruction_echo, match_maps
 
 # While acting (batch 1), the word matching runs on a second thread during the encoder's forward: torch ops
 # release the GIL, so on two cores the decision costs about max(encoder, matching) instead of their sum.
@@ -63,8 +63,6 @@ POINTER_IDS = sorted(int(t) for t in POINTER_TYPES)
 
 def _match_and_echo(frames, word_pixels, widths, mask, echo: bool):
     """match_maps, and instruction_echo on them when `echo` (the matcher thread's work while acting)."""
-    from agent.reading import match_maps
-
     m = match_maps(frames, word_pixels, widths, mask)
     return m, instruction_echo(m, torch.as_tensor(widths), torch.as_tensor(mask)) if echo else None
 
@@ -344,8 +342,6 @@ class Policy(nn.Module):
         """uint8 frames (B,H,W,3) and InstructionCache.batch() -> forward()'s inputs."""
         x = self.encoder.preprocess(frames)
         if self.reading and self.pixel_match and "match" not in instr:
-            from agent.reading import match_maps
-
             args = (frames, instr["word_pixels"], instr["word_widths"], instr["word_mask"])
             concurrent = self.concurrent_matching and len(frames) == 1 and not torch.is_grad_enabled()  # acting
             if concurrent:  # the maps (and where the instruction is written out) while the encoder runs

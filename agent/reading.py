@@ -133,6 +133,7 @@ def instruction_echo(maps: torch.Tensor, widths: torch.Tensor, mask: torch.Tenso
     near_rows = F.max_pool2d(strong.float().flatten(0, 1)[:, None], (3, 1), stride=1, padding=(1, 0))
     near_rows = near_rows[:, 0].reshape(B, K, h, w) > 0  # a word one cell up or down still counts as on the line
     ends = F.pad(widths.float().cumsum(1), (1, 0))  # (B,K+1): widths of words 0..k-1
+    x = torch.arange(w)
     for j in (1, 2):  # word k and word k+j
         if K <= j:
             break
@@ -140,7 +141,6 @@ def instruction_echo(maps: torch.Tensor, widths: torch.Tensor, mask: torch.Tenso
         between = ends[:, j:K] - ends[:, 1:K - j + 1]  # (B,K-j) widths of the words between them
         centre = (widths[:, :-j] + widths[:, j:]).float() / 2 + between  # px between centres, less the gaps
         lo, hi = ((centre + j * gap_px[0]) / CELL).floor(), ((centre + j * gap_px[1]) / CELL).ceil()
-        x = torch.arange(w)
         follows = _any_in(right, x + lo[..., None, None], x + hi[..., None, None])  # word k+j at (y, x+lo..x+hi)
         precedes = _any_in(left, x - hi[..., None, None], x - lo[..., None, None])  # word k at (y, x-hi..x-lo)
         echo |= (left & follows).any(1) | (strong[:, j:] & precedes).any(1)

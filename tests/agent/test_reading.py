@@ -96,10 +96,13 @@ def test_the_label_prior_points_below_the_named_word_and_not_at_the_instructions
     ob = ObsBatch(header_and_label(instruction, "City", (120, 6)), [instruction])
     gh, gw = agent.policy.grid
 
-    def point_logits():  # (h, w) per 4 px cell
+    def screen_cells(a):  # (N,16) per patch and sub-cell -> (h, w) per 4 px cell
+        return a.reshape(gh, gw, SUB, SUB).permute(0, 2, 1, 3).reshape(gh * SUB, gw * SUB)
+
+    def point_logits():
         with torch.no_grad():
             o, _ = agent._forward(ob)
-        return o.sub_logits[0].reshape(gh, gw, SUB, SUB).permute(0, 2, 1, 3).reshape(gh * SUB, gw * SUB)
+        return screen_cells(o.sub_logits[0])
 
     with_label = point_logits()
     agent.policy.label_gain.data.zero_()
@@ -112,7 +115,7 @@ def test_the_label_prior_points_below_the_named_word_and_not_at_the_instructions
     agent.policy.ignore_echo = False
     with torch.no_grad():
         seen, _ = agent._forward(ob)
-    assert float(seen.match[0].reshape(gh, gw, SUB, SUB).permute(0, 2, 1, 3).reshape(gh * SUB, gw * SUB)[: 40 // CELL].max()) > 0.1
+    assert float(screen_cells(seen.match[0])[: 40 // CELL].max()) > 0.1
 
 
 def test_matching_beside_the_encoder_gives_the_same_decision_as_after_it():
