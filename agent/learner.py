@@ -68,12 +68,13 @@ class AgentConfig:
     """Start out favouring what written instructions mark: a quoted phrase as the text to type, a named key
     ("press Enter") as the key to press (agent/instruction.py); learned gains decide how much to keep trusting them."""
     success_map: bool = False
-    """Learn, per patch, whether pointing there now ends in success, from the outcome of every pointer action
-    taken (a classification loss, so a failed click teaches too; `map_replay` keeps replaying them), and add it
-    to the point logits by a learned gain (agent/policy.py). Off by default: it helps where one click decides
-    (click-shape 0.56 at 6,000 steps and greedy 0.80 at 20,000 with it, 0.24 without; confirm-dialog 0.70 vs
-    0.50, seed 0), but a click that was right on the way to a failed episode is labelled a failure, and with
-    the affordance map it did worse on click-tab (0.50 vs 0.72) and confirm-dialog (0.50 vs 0.70)."""
+    """Learn, per patch, whether pointing there now ends in success, from the outcome of pointer actions (a
+    classification loss, so a failed click teaches too; `map_replay` keeps replaying them), and add it to the
+    point logits by a learned gain (agent/policy.py). Every click of a success is labelled a success, of a
+    failure only its last click (`pointer_outcomes`). Off by default: it helps where one click decides, and
+    costs on click-tab (seed 0, 6,000 steps, final / greedy at 6k: click-shape 0.60 / 0.70 at 5k with it, 0.34 /
+    0.25 without; click-tab 0.72 / 0.60 at 5k with it, 0.88 / 1.0 without; with `memory` on too, click-shape
+    0.76 / 0.95)."""
     affordance: bool = True
     """Learn, per patch and 4x4 sub-cell, whether pointing there changes the screen (from every pointer action's
     observed change: no reward needed) and add it to the point logits by a learned gain (agent/policy.py), so
@@ -688,14 +689,18 @@ def ppo_batch(agent: Agent, steps: list[Step], finals: dict[int, tuple[float, to
 
 
 def pointer_outcomes(steps: list[Step]) -> torch.Tensor:
-    """(T,) for each pointer action, 1.0/0.0 when its episode went on to succeed/fail, -1 otherwise (not a pointer
-    action, the episode still running at the end of the rollout, or an outcome nobody knows): the success map's
-    labels."""
-    out, cur = torch.full((len(steps),), -1.0), None
+    """(T,) the success map's labels: 1.0 for each pointer action of an episode that went on to succeed; 0.0 for
+    the last pointer action of an episode that failed (the click that failed it, or the last of the budget), and
+    -1 (no label) for its earlier ones, which may have been right on the way to a later mistake (click the tab,
+    then the wrong field); -1 too when not a pointer action, the episode still running at the end of the
+    rollout, or an outcome nobody knows."""
+    out, cur, last_seen = torch.full((len(steps),), -1.0), None, False
     for t in range(len(steps) - 1, -1, -1):
         s = steps[t]
         if s.terminated or s.truncated:
-            cur = s.success
+            cur, last_seen = s.success, False
         if cur is not None and int(s.action.type[0]) in POINTER_IDS:
-            out[t] = float(cur)
+            if cur or not last_seen:
+                out[t] = float(cur)
+            last_seen = True
     return out

@@ -227,6 +227,7 @@ def test_the_success_map_learns_from_failed_clicks_too_and_moves_the_point_logit
 
 
 def test_pointer_actions_are_labelled_with_how_their_episode_ended():
+    # every click of a success is a success; of a failure, only the last click (earlier ones may have been right)
     from agent.actions import ActionType
     from agent.learner import Step, pointer_outcomes
     from agent.policy import ActionBatch
@@ -238,8 +239,9 @@ def test_pointer_actions_are_labelled_with_how_their_episode_ended():
                     True, success=success)
 
     C, K = ActionType.CLICK, ActionType.KEY
-    steps = [step(C), step(K), step(C, True, True), step(C), step(C, True, False), step(C, True, None), step(C)]
-    assert pointer_outcomes(steps).tolist() == [1.0, -1.0, 1.0, 0.0, 0.0, -1.0, -1.0]
+    steps = [step(C), step(K), step(C, True, True), step(C), step(C, True, False), step(C, True, None),
+             step(C), step(C), step(K, True, False), step(C)]
+    assert pointer_outcomes(steps).tolist() == [1.0, -1.0, 1.0, -1.0, 0.0, -1.0, -1.0, 0.0, -1.0, -1.0]
 
 
 def test_an_early_failure_is_learned_as_the_same_loss_as_running_out_of_steps():
@@ -289,8 +291,9 @@ def test_outcome_replay_keeps_the_latest_labelled_pointer_actions():
     r.add_episode([step(C, 4, True, None)])  # nobody knows how it ended: nothing to learn
     assert [(row[1], row[3]) for row in r.rows] == [("x1", 1.0), ("x3", 1.0)]
     assert r.sample(3) is None
-    r.add_episode([step(C, 5), step(C, 6, True, False)])
-    assert [(row[1], row[3]) for row in r.rows] == [("x3", 1.0), ("x5", 0.0), ("x6", 0.0)]  # the oldest went
+    r.add_episode([step(C, 5), step(C, 6, True, False)])  # only the click that failed it is labelled
+    r.add_episode([step(C, 7, True, False)])
+    assert [(row[1], row[3]) for row in r.rows] == [("x3", 1.0), ("x6", 0.0), ("x7", 0.0)]  # the oldest went
     seen = set()
     for _ in range(30):
         b = r.sample(3)
@@ -299,7 +302,7 @@ def test_outcome_replay_keeps_the_latest_labelled_pointer_actions():
                                 b.outcome.tolist()):
             assert ins == f"x{f}" and p == f and y == (1.0 if f == 3 else 0.0)  # rows stay whole
             seen.add(int(f))
-    assert seen == {3, 5, 6}
+    assert seen == {3, 6, 7}
 
 
 def test_replayed_outcomes_teach_the_success_map_when_the_rollout_has_none():
