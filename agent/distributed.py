@@ -26,7 +26,7 @@ desktop. A watchdog process per actor stops the actor's Xvfb and app when the ac
 them (Ray kills a worker's process, not the session-leader children it started).
 
 Memory and tools stay in the learner's database: `LearnRun` records every episode and writes successes to
-episodic memory there. With `--agent.memory` (recall), the actors get their memory lookups from the
+episodic memory there. With recall on (the default), the actors get their memory lookups from the
 learner's database through a `MemoryService` on the learner's machine (read-only): one lookup per
 instruction per episode, not per step; the actor matches the recalled targets on its own screen. The policy
 does not use the tool library yet, so the actors receive no tools.

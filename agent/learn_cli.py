@@ -279,7 +279,12 @@ class LearnRun:
                 print(f"squirrel: no checkpoint in {self.home / 'checkpoints'}; starting from scratch")
             else:
                 path, tensors, meta = found
-                restore(tensors, meta, self.agent.modules(), self.agent.optimizer)
+                try:
+                    restore(tensors, meta, self.agent.modules(), self.agent.optimizer)
+                except UserError as e:
+                    written = meta.get("config", {}).get("learn", {}).get("agent", {})
+                    flags = option_flags(written, asdict(self.cfg.agent))
+                    raise UserError(f"{e}; {path.name} was written with {' '.join(flags)}" if flags else str(e)) from None
                 self.learner.load_counters(meta["counters"])
                 self.curve.load(meta["counters"]["curve"])
                 self.stages = meta["counters"].get("stages", [])
@@ -506,3 +511,15 @@ class LearnRun:
             self.env.close()
         if self.lock is not None:
             self.lock.release()
+
+
+def option_flags(written: dict, current: dict) -> list[str]:
+    """The agent options a checkpoint was written with (`written`, its config) that differ from this run's
+    (`current`), as the flags that would set them back, e.g. ["--agent.no-memory", "--agent.fusion-layers 2"]."""
+    flags = []
+    for key, value in written.items():
+        if key not in current or current[key] == value or isinstance(value, dict):
+            continue
+        name = key.replace("_", "-")
+        flags.append(f"--agent.{'' if value else 'no-'}{name}" if isinstance(value, bool) else f"--agent.{name} {value}")
+    return flags

@@ -23,7 +23,8 @@ TINY = str(Path(__file__).parents[1] / "fixtures" / "tiny-encoder.json")
 def tiny_agent(**kw) -> Agent:
     torch.manual_seed(0)
     np.random.seed(0)
-    cfg = dict(encoder=TINY, threads=1, rollout=64, ppo=PPOConfig(minibatch=32, epochs=2))
+    # no database here, so recall (on by default) would have nothing to recall from: off, as in a bare Learner
+    cfg = dict(encoder=TINY, threads=1, rollout=64, ppo=PPOConfig(minibatch=32, epochs=2), memory=False)
     cfg.update(kw)
     return Agent(AgentConfig(**cfg))
 

@@ -97,6 +97,15 @@ def test_resume_with_every_checkpoint_corrupt_starts_fresh_and_says_so(tmp_path)
     assert "no checkpoint" in r.stdout and "starting from scratch" in r.stdout
 
 
+@pytest.mark.slow
+def test_resume_with_other_options_names_the_flags_the_checkpoint_was_written_with(tmp_path):
+    args = ["learn", "--tasks", "fake-click", "--steps", "20", "--home", str(tmp_path), "--no-progress",
+            "--no-tensorboard", "--agent.encoder", TINY, "--agent.rollout", "16", "--checkpoint-every", "20"]
+    assert squirrel(*args, "--agent.no-memory").returncode == 0
+    r = squirrel(*args, "--steps", "40", "--resume")  # recall on (the default) adds a learned gain
+    assert_one_line_error(r, "does not fit", "--agent.no-memory")
+
+
 # -- the database ------------------------------------------------------------------------------------------
 def test_database_from_a_newer_schema_is_refused_by_learn(tmp_path):
     AgentDB.open(tmp_path).close()
