@@ -20,7 +20,8 @@ def test_soak_writes_samples_and_trends(tmp_path):
     d = json.loads(out.read_text())
     assert len(d["samples"]) >= 5
     for s in d["samples"][1:]:  # (the first is taken as the learner starts)
-        assert s["processes"] >= 1 and s["rss_mb"] > 50 and s["fds"] >= 3 and s["db_mb"] > 0
+        assert s["processes"] >= 1 and s["rss_mb"] > 50 and s["fds"] >= 3 and s["db_mb"] >= 0
+    assert d["samples"][-1]["db_mb"] > 0  # (on a loaded machine the learner may still be importing at the second)
     assert d["samples"][-1]["episodes"] > d["samples"][1]["episodes"] >= 0
     for k in ("rss_mb", "fds", "db_mb", "home_mb", "processes"):
         assert d["trends"][k]["samples"] >= 3 and d["trends"][k]["bounded"] in (True, False)
