@@ -143,9 +143,9 @@ class AgentConfig:
     matched on the screen, are a click prior the policy learns to trust (agent/recall.py). It helps where the
     target is known by its look, not by a written word (click-shape, 6,000 steps, greedy at 6k / last 50
     sampled: seed 0 with it 0.90 / 0.60, without 0.25 / 0.34, its trust in memory, the recall gain, grew from
-    0 to 2.7; seed 1 with it 0.90 at 5k / 0.66; seed 2 0.50 / 0.40 with it, 0.50 / 0.34 without). Where the
-    remembered targets all look alike it learns to distrust them (focus-text's fields: gain -0.86 at 16k); on
-    click-tab (seed 0) 0.85 / 0.78 with it against 1.0 / 0.88 without. No cost in env steps/s."""
+    0 to 2.7; seed 1 with it 0.90 at 5k / 0.66, without 0.40 / 0.40; seed 2 0.50 / 0.40 with it, 0.50 / 0.34
+    without). Where the remembered targets all look alike it learns to distrust them (focus-text's fields: gain
+    -0.86 at 16k); on click-tab (seed 0) 0.85 / 0.78 with it against 1.0 / 0.88 without. No cost in steps/s."""
     memory_k: int = 4
     """Remembered targets recalled per decision."""
     tools: bool = False
