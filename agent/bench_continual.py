@@ -37,7 +37,7 @@ from squirrel.errors import UserError
 DEFAULT_TASKS = ("confirm-dialog,click-button,click-shape,choose-radio,click-tab,double-click-item,choose-menu,"
                  "right-click-item")
 # what each variant switches on (squirrel learn flags); finetune is the plain agent learning the tasks in turn
-# (recall, on by default, off)
+# with recall (on by default) switched off
 VARIANTS = {
     "full": "--agent.memory --agent.tools --agent.replay balanced --agent.ppo.bc-coef 0.1 --agent.plasticity 0.0001",
     "no-memory": "--agent.no-memory --agent.tools --agent.replay balanced --agent.ppo.bc-coef 0.1 "
