@@ -93,6 +93,14 @@ class AgentConfig:
     final and 80% at 4,500 (0.72, never), confirm-dialog 80% at 4,000 (6,000), enter-text 80% at 5,000 (4,000);
     focus-text learns at all (0.42 final with all but small_heads; seeds 1 and 2 with all: 0.36 and greedy
     0.70 at 6,000, 0.16; 0 in every earlier run)."""
+    label_select: bool = True
+    """The label prior's word is chosen by its own learned choice, not the one that says which word to click
+    on. With one shared choice, picking a field's label also put the largest logits on the label's own text,
+    which does nothing when clicked; focus-text's learned choice fled to a word shown nowhere ("and": 0.86-0.98
+    of it on 7 of 10 screens after 20,000 steps) and clicks went by position alone. The choice is among the
+    words shown alone on the screen (matching at least policy.SHOWN outside the echo): on focus-text that is
+    the field's label from the first step. A free choice over all words learned nothing in 6,000 steps on
+    seeds 0 and 1 (0.0 final; it drifted to "field" and the quoted word, shown nowhere alone)."""
     prior_entropy: bool = True
     """The entropy bonus on the action type pulls toward the types the policy started with (mostly clicks;
     typing and keys when the instruction quotes a text or names a key) rather than toward uniform: while
@@ -192,7 +200,8 @@ class Agent:
                              recall=cfg.memory, tools=cfg.tools, text_prior=cfg.text_prior,
                              success_map=cfg.success_map, affordance=cfg.affordance,
                              ignore_echo=cfg.ignore_echo, label_prior=cfg.label_prior,
-                             prior_entropy=cfg.prior_entropy, small_heads=cfg.small_heads)
+                             prior_entropy=cfg.prior_entropy, small_heads=cfg.small_heads,
+                             label_select=cfg.label_select)
         D = encoder.dim
         self.n_types = N_TYPES + int(cfg.tools)  # "call a tool" is one more type
         self.action_dim = self.n_types + D + len(KEYS)

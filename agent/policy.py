@@ -19,7 +19,8 @@
              says WORD" is matching, which works for words never seen before. Where the instruction is
              written out (a task header: its words one after another) the match counts for nothing (ignore_echo),
              and the cells just below a word shown alone get its match by a learned gain (label_prior: a field
-             under its label).
+             under its label), for a word chosen by a second learned choice (label_select): the word to click
+             on and the word to click under are different words of different tasks.
     text prior: words in quotes add to the TYPE span's start and length logits (a quoted phrase is what to
              enter), words naming a key ("press Enter") to that key's logit, and either kind present to the
              TYPE / KEY type logits; each by a learned gain (agent/instruction.py reads them).
@@ -58,6 +59,8 @@ SPAN_LENS = 4
 TYPE_BIAS = torch.zeros(N_TYPES).index_fill(0, torch.tensor([ActionType.CLICK]), 1.5).index_fill(
     0, torch.tensor([ActionType.DONE]), -1.0)  # the type head's starting bias: mostly clicks, rarely "done"
 LABEL_CELLS = 6  # label prior: how far (4 px cells) below a word its field or control may start
+SHOWN = 0.88  # label prior: a word matching this well outside the echo is shown there (a label); on focus-text
+# screens labels match themselves at 0.93-1.0 and other instruction words ("in", "the", "Enter") at up to 0.84
 POINTER_IDS = sorted(int(t) for t in POINTER_TYPES)
 
 
@@ -157,7 +160,8 @@ class Policy(nn.Module):
     def __init__(self, encoder: nn.Module, text_dim: int = 384, layers: int = 2, heads: int = 4, reading: bool = True,
                  learned_matcher: bool = False, recall: bool = False, tools: bool = False, text_prior: bool = False,
                  success_map: bool = False, affordance: bool = False, ignore_echo: bool = False,
-                 label_prior: bool = False, prior_entropy: bool = False, small_heads: bool = False):
+                 label_prior: bool = False, prior_entropy: bool = False, small_heads: bool = False,
+                 label_select: bool = False):
         super().__init__()
         self.encoder, self.reading, self.learned_matcher = encoder, reading, reading and learned_matcher
         self.concurrent_matching = True  # acting: match the words on a second thread (see _MATCHER)
@@ -214,6 +218,8 @@ class Policy(nn.Module):
             self.ignore_echo = ignore_echo  # the instruction written out on screen (a header) is no target
             if label_prior:  # a field or control just below a word it names: p(there) as at the word, at first
                 self.label_gain = nn.Parameter(torch.tensor(4.0))
+                if label_select:  # its own choice of word: the label a field is under is not itself the thing to click
+                    self.label_select = nn.Linear(D, 1)
         # the fixed pixel-space word match (agent/reading.py); off: the learned matcher is the only visual query
         self.pixel_match = True
         self._shared_stem: nn.Module | None = None
@@ -316,8 +322,14 @@ class Policy(nn.Module):
             dens = cells(instruction_density(instr["match"] if self.pixel_match else r, mask))  # where the instruction is shown
             point = self.match_gain * match + self.density_gain * dens
             if hasattr(self, "label_gain") and echo is not None:  # the best match in the LABEL_CELLS cells above
-                written = ((instr["match"] > 0.7) & mask[..., None, None]).any(1) & ~echo  # (B,h,w) a word shown alone
-                above = F.max_pool2d(F.pad(m * written, (0, 0, LABEL_CELLS, 0))[:, None], (LABEL_CELLS, 1), stride=1)
+                alone = (instr["match"] > SHOWN) & mask[..., None, None] & ~echo[:, None]  # (B,K,h,w) a word shown alone
+                written = alone.any(1)  # (B,h,w)
+                ml = m  # (B,h,w) the match of the word a target is under
+                if hasattr(self, "label_select"):  # chosen among the words shown alone: a label is on the screen
+                    shown = alone.flatten(2).any(-1)  # (B,K)
+                    sl = self.label_select(w_out)[..., 0].masked_fill(~shown, neg).softmax(-1)  # (B,K)
+                    ml = torch.einsum("bk,bkhw->bhw", sl, r)
+                above = F.max_pool2d(F.pad(ml * written, (0, 0, LABEL_CELLS, 0))[:, None], (LABEL_CELLS, 1), stride=1)
                 point = point + self.label_gain * cells(above[:, 0, : m.shape[1]].clamp(min=0))
             sub_logits = sub_logits + point
             patch_logits = patch_logits + point.amax(-1)
