@@ -219,7 +219,8 @@ class Policy(nn.Module):
             if label_prior:  # a field or control just below a word it names: p(there) as at the word, at first
                 self.label_gain = nn.Parameter(torch.tensor(4.0))
                 if label_select:  # its own choice of word: the label a field is under is not itself the thing to click
-                    self.label_select = nn.Linear(D, 1)
+                    with torch.random.fork_rng():  # drawn aside: every other module starts as it would without it
+                        self.label_select = nn.Linear(D, 1)
         # the fixed pixel-space word match (agent/reading.py); off: the learned matcher is the only visual query
         self.pixel_match = True
         self._shared_stem: nn.Module | None = None
