@@ -5,8 +5,9 @@ against the screen by normalised cross-correlation at full resolution, through F
 nine-word instruction on one thread here). The response is max-pooled to the policy's 4-pixel
 sub-cells. This is a fixed perceptual primitive, like the frozen sentence encoder: the policy *learns*
 which word to look for, when, and how much to trust the match; the learned matcher in agent/policy.py
-(shared conv stem) refines it. Measured on click-button screens: the target word's peak is on its button for 95% of
-screens at full resolution, against 53% on 4x4-pooled pixels and ~30% on random-init conv features.
+(shared conv stem) refines it. Measured on click-button screens: the target word's peak is on its
+button for 95% of screens at full resolution, against 53% on 4x4-pooled pixels and ~30% on
+random-init conv features.
 
 Qt lays some words out a pixel wider than the template (a glyph placed half a pixel further on): on
 focus-text screens "Email" and "Phone" matched themselves at 0.73-0.76 while "in", "the" or "Enter"
