@@ -344,16 +344,20 @@ class LearnRun:
         D = self.agent.policy.encoder.dim
         crops = self.agent.tools is not None and r.success  # what tools are mined from: targets by appearance
         eid = self.db.begin_episode(r.task, r.seed, r.instruction)
-        i = 0
-        for st in r.transitions:
+        i, last = 0, len(r.transitions) - 1
+        for n, st in enumerate(r.transitions):
             for frame, act, tool in self._primitives(st):
                 d = dict(act.to_dict(), kind=act.type.name.lower())
                 if tool is not None:
                     d["tool"] = tool
                 target = thumb = None
+                # as recall keeps: only a point that did something (the screen changed, the episode ended there,
+                # or a tool's step) is a target; a click that missed is no step of a routine (mined from
+                # confirm-dialog, "click[blank] -> click[Cancel]" became a tool before this)
                 if "x" in d and crops:
-                    target = target_crop(frame, act.x, act.y)
-                    thumb = target_png(target.reshape(CROP_H, CROP_W, 3).astype(np.uint8))
+                    if st.changed or n == last or tool is not None:
+                        target = target_crop(frame, act.x, act.y)
+                        thumb = target_png(target.reshape(CROP_H, CROP_W, 3).astype(np.uint8))
                 elif "x" in d and tool is None:
                     target = st.action_features[self.agent.n_types:self.agent.n_types + D].numpy()
                 self.db.add_step(eid, i, d, st.reward if tool is None else 0.0, target=target, thumbnail=thumb)

@@ -172,3 +172,28 @@ def test_learning_with_tools_calls_them_and_records_their_steps(tmp_path):
         assert t.calls == len(calls) and 0 < t.successes <= t.calls
         tool_steps = [s for e in d.episodes() for s in d.steps(e.id) if s.action.get("tool") == tid]
         assert len(tool_steps) == sum(len(p) for p in calls) and {s.action["kind"] for s in tool_steps} <= {"type", "key"}
+
+
+def test_only_points_that_did_something_are_kept_as_targets_to_mine(tmp_path):
+    from agent.learn_cli import LearnConfig, LearnRun
+
+    cfg = LearnConfig(tasks="fake-click", home=str(tmp_path), tensorboard=False, progress=False, steps=300,
+                      mine_every=10_000, curve_every=100, agent=AgentConfig(encoder=TINY, threads=1, rollout=64, tools=True))
+    run = LearnRun(cfg, ["fake-click"])
+    run.start()
+    episodes = []
+    run.learner.episode_callbacks.append(lambda r: episodes.append(r) if r.success else None)
+    run.loop()
+    run.close()
+    seen = {"missed": 0, "kept": 0}
+    with AgentDB.open(tmp_path) as d:
+        for r in episodes:
+            steps = d.steps(r.db_id)
+            assert len(steps) == len(r.transitions)
+            for n, (st, s) in enumerate(zip(r.transitions, steps)):
+                if "x" not in s.action:
+                    continue
+                did = st.changed or n == len(steps) - 1
+                assert (s.target is not None) == did, (n, s.action)
+                seen["kept" if did else "missed"] += 1
+    assert seen["missed"] and seen["kept"]  # successes with a missed click on the way, and their real targets
