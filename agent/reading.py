@@ -148,7 +148,7 @@ def _any_in(a: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.T
 
 
 def instruction_echo(maps: torch.Tensor, widths: torch.Tensor, mask: torch.Tensor, threshold: float = 0.85,
-                     gap_px: tuple[int, int] = (1, 12), spread: int = 10) -> torch.Tensor:
+                     gap_px: tuple[int, int] = (1, 12), spread: int = 10, wrap: tuple[int, int] = (3, 5)) -> torch.Tensor:
     """(B,K,h,w) word maps, (B,K) word widths in px, (B,K) mask -> (B,h,w) bool: the cells where the
     instruction itself is written out (a task header), so that its words are not taken for targets.
     A cell is echo when word k matches there and word k+1 matches to its right on the same line, where
@@ -175,4 +175,16 @@ def instruction_echo(maps: torch.Tensor, widths: torch.Tensor, mask: torch.Tenso
         follows = _any_in(right, x + lo[..., None, None], x + hi[..., None, None])  # word k+j at (y, x+lo..x+hi)
         precedes = _any_in(left, x - hi[..., None, None], x - lo[..., None, None])  # word k at (y, x-hi..x-lo)
         echo |= (left & follows).any(1) | (strong[:, j:] & precedes).any(1)
+    # A header that wraps can leave one word alone on its next line ("Choose falcon and click" / "Submit."),
+    # with no neighbour on that line to pair with: word k+1 is echo too where it starts a line `wrap` rows
+    # below word k's echo and to the left of it (a left-aligned paragraph goes back left). Twice, for a
+    # third line.
+    for _ in range(2):
+        prev = strong[:, :-1] & echo[:, None]  # (B,K-1,h,w) word k, in the echo
+        right = prev.flip(-1).cumsum(-1).flip(-1) > 0  # word k's echo at this column or right of it
+        above = torch.zeros_like(right)
+        for dy in range(wrap[0], wrap[1] + 1):  # the line above, seen from the line below
+            above[:, :, dy:] |= right[:, :, :-dy]
+        before = F.pad(above[..., 1:], (0, 1))  # strictly right of the cell
+        echo = echo | (strong[:, 1:] & before).any(1)
     return F.max_pool2d(echo.float()[:, None], (3, 2 * spread + 1), stride=1, padding=(1, spread))[:, 0] > 0

@@ -111,6 +111,38 @@ def test_the_instruction_written_out_is_echo_and_a_label_with_one_of_its_words_i
     assert not echo[20:].any()
 
 
+def test_a_header_that_wraps_one_word_onto_its_next_line_is_echo_there_too():
+    # choose-radio's header wraps as "Choose falcon and click" / "Submit.": that lone "Submit." has no
+    # neighbour on its line, and before this rule it counted as shown alone, like the Submit button
+    from PIL import Image, ImageDraw
+
+    from agent.instruction import _font
+
+    words = ["Choose", "falcon", "and", "click", "Submit"]
+    img = Image.new("RGB", (160, 210), (255, 255, 255))
+    draw, x = ImageDraw.Draw(img), 6
+    for word in words[:-1]:
+        draw.text((x, 6), word, font=_font(), fill=(0, 0, 0))
+        x += int(np.ceil(_font().getlength(word + " ")))
+    draw.text((6, 20), "Submit.", font=_font(), fill=(0, 0, 0))  # the next line, back at the left
+    draw.text((30, 120), "falcon", font=_font(), fill=(0, 0, 0))  # the radio's label
+    draw.text((24, 188), "Submit", font=_font(), fill=(0, 0, 0))  # the button
+    frame = np.asarray(img, dtype=np.uint8)[None]
+    px, widths = zip(*[render_word(w) for w in words])
+    widths, mask = torch.tensor([widths]), torch.ones(1, len(words), dtype=torch.bool)
+    maps = match_maps(frame, np.stack(px)[None], widths.numpy(), mask.numpy())
+    echo = instruction_echo(maps, widths, mask)[0]
+    top = maps[0, 4, :10]  # "Submit" on the header's second line
+    cy, cx = divmod(int(top.argmax()), top.shape[-1])
+    assert float(top.max()) > 0.9 and abs(cy - (20 + WORD_H // 2) // CELL) <= 1 and echo[cy, cx]
+    for k, y in ((4, 188), (1, 120)):  # the button and the radio's label stay targets
+        body = maps[0, k, 20:]
+        by, bx = divmod(int(body.argmax()), body.shape[-1])
+        assert float(body.max()) > 0.9 and abs(by + 20 - (y + WORD_H // 2) // CELL) <= 1 and not echo[by + 20, bx]
+    assert not echo[20:].any()
+    assert not instruction_echo(maps, widths, mask, wrap=(9, 9))[0][cy, cx]  # without the wrap rule it was not
+
+
 def test_the_label_prior_points_below_the_named_word_and_not_at_the_instructions_echo():
     from pathlib import Path
 
