@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from agent.actions import KEYS, words
+from agent.actions import KEYS, ActionType, words
 
 MAX_WORDS = 24  # instruction words the policy sees (and can type)
 WORD_H, WORD_W = 16, 80  # rendered word canvas, pixels
@@ -31,6 +31,12 @@ FONT_PX = 11
 # "home" are more often ordinary words in an instruction than keys.
 KEY_WORDS = {"enter": "Return", "return": "Return", "tab": "Tab", "escape": "Escape", "esc": "Escape",
              "backspace": "BackSpace", "delete": "Delete", "space": "space"}
+# Verbs that name a pointer action other than a plain click ("Right-click X", "double click the file", "drag
+# the slider"): the instruction's own word for how to act, as KEY_WORDS are for keys. "scroll" names both ways.
+TYPE_WORDS = ((re.compile(r"\bdouble[- ]?click", re.I), (ActionType.DOUBLE_CLICK,)),
+              (re.compile(r"\bright[- ]?click", re.I), (ActionType.RIGHT_CLICK,)),
+              (re.compile(r"\bdrag", re.I), (ActionType.DRAG,)),
+              (re.compile(r"\bscroll", re.I), (ActionType.SCROLL_UP, ActionType.SCROLL_DOWN)))
 _QUOTED = re.compile(r'"[^"]+"|\u201c[^\u201d]+\u201d|(?<![\w])\'[^\']+\'(?![\w])')
 
 
@@ -42,6 +48,7 @@ class InstructionFeatures(NamedTuple):
     word_widths: np.ndarray  # (K,) int: rendered width in pixels (0 past the end)
     quoted: torch.Tensor  # (K,) bool: the word is inside quotes
     key_named: torch.Tensor  # (K, len(KEYS)) bool: the word names that key
+    type_named: torch.Tensor  # (len(ActionType),) bool: the instruction names that way of acting (TYPE_WORDS)
 
 
 @lru_cache(maxsize=None)
@@ -67,6 +74,15 @@ def quoted_words(instruction: str, spans: list[tuple[int, int]]) -> list[bool]:
     """Per word span, whether it lies inside a quoted part of the instruction ("...", \u201c...\u201d or '...')."""
     regions = [m.span() for m in _QUOTED.finditer(instruction)]
     return [any(s <= a and b <= e for s, e in regions) for a, b in spans]
+
+
+def type_names(instruction: str) -> np.ndarray:
+    """(len(ActionType),) bool: the action types the instruction names (TYPE_WORDS)."""
+    out = np.zeros(len(ActionType), bool)
+    for pattern, types in TYPE_WORDS:
+        if pattern.search(instruction):
+            out[list(types)] = True
+    return out
 
 
 def key_names(instruction: str, spans: list[tuple[int, int]]) -> np.ndarray:
@@ -133,7 +149,8 @@ class InstructionCache:
             wv[k] = enc.tokens[rows].mean(0) if rows else enc.sentence
             mask[k] = True
             pixels[k], widths[k] = render_word(instruction[a:b])
-        return InstructionFeatures(enc.sentence.clone(), wv, mask, pixels, widths, quoted, named)
+        return InstructionFeatures(enc.sentence.clone(), wv, mask, pixels, widths, quoted, named,
+                                   torch.from_numpy(type_names(instruction)))
 
     def batch(self, instructions: list[str]) -> dict[str, torch.Tensor]:
         """Stacked features for a batch of instructions (what Policy.forward takes)."""
@@ -147,4 +164,5 @@ class InstructionCache:
             "word_widths": torch.from_numpy(np.stack([f.word_widths[:k] for f in fs])),
             "quoted": torch.stack([f.quoted[:k] for f in fs]),
             "key_named": torch.stack([f.key_named[:k] for f in fs]),
+            "type_named": torch.stack([f.type_named for f in fs]),
         }

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agent.actions import KEYS, ActionType, words
-from agent.instruction import WORD_H, WORD_W, key_names, quoted_words, render_word
+from agent.instruction import WORD_H, WORD_W, key_names, quoted_words, render_word, type_names
 from agent.policy import SPAN_LENS, ActionBatch, quoted_runs
 from agent.shaping import GoalText, ink_template, places
 
@@ -66,6 +66,31 @@ def test_the_prior_favours_the_quoted_span_and_the_named_key_and_its_gains_can_s
     without = probs()
     assert with_prior[0] > 20 * without[0] and with_prior[1] > 5 * without[1], (with_prior, without)
     assert with_prior[0] > 0.05 and with_prior[1] > 0.05
+
+
+def test_an_instruction_that_names_how_to_point_lifts_that_action_type():
+    named = lambda s: {ActionType(int(t)).name for t in type_names(s).nonzero()[0]}
+    assert named("Right-click harbor and choose Rename.") == {"RIGHT_CLICK"}
+    assert named("double click the file, then drag it to Trash") == {"DOUBLE_CLICK", "DRAG"}
+    assert named("Scroll to the end") == {"SCROLL_UP", "SCROLL_DOWN"}
+    assert not named("Click the Copy button.") and not named("Choose the brightest colour.")  # "right" alone is not
+
+    from agent.learner import ObsBatch
+
+    agent = _agent()
+    screen = np.full((1, 210, 160, 3), 255, np.uint8)
+
+    def types(s):
+        with torch.no_grad():
+            return agent._forward(ObsBatch(screen, [s]))[0].type_logits.softmax(-1)[0]
+
+    right, plain = types("Right-click harbor and choose Rename."), types("Click harbor and choose Rename.")
+    assert right[ActionType.RIGHT_CLICK] > 1.8 * plain[ActionType.RIGHT_CLICK], (right, plain)
+    assert right[ActionType.CLICK] > 0.2  # the menu entry after it is still a click
+    with torch.no_grad():
+        agent.policy.type_prior_gain.zero_()
+    off = types("Right-click harbor and choose Rename.")
+    assert abs(float(off[ActionType.RIGHT_CLICK] - plain[ActionType.RIGHT_CLICK])) < 0.05  # the gain is the prior's
 
 
 def _screen(words_at: dict[str, list[tuple[int, int]]]) -> np.ndarray:
