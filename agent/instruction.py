@@ -35,8 +35,8 @@ KEY_WORDS = {"enter": "Return", "return": "Return", "tab": "Tab", "escape": "Esc
 # the slider"): the instruction's own word for how to act, as KEY_WORDS are for keys. "scroll" names both ways.
 TYPE_WORDS = ((re.compile(r"\bdouble[- ]?click", re.I), (ActionType.DOUBLE_CLICK,)),
               (re.compile(r"\bright[- ]?click", re.I), (ActionType.RIGHT_CLICK,)),
-              (re.compile(r"\bdrag", re.I), (ActionType.DRAG,)),
-              (re.compile(r"\bscroll", re.I), (ActionType.SCROLL_UP, ActionType.SCROLL_DOWN)))
+              (re.compile(r"\bdrag(?:s|ging)?\b", re.I), (ActionType.DRAG,)),  # not "dragon"
+              (re.compile(r"\bscroll(?:s|ing)?\b", re.I), (ActionType.SCROLL_UP, ActionType.SCROLL_DOWN)))
 _QUOTED = re.compile(r'"[^"]+"|\u201c[^\u201d]+\u201d|(?<![\w])\'[^\']+\'(?![\w])')
 
 

@@ -73,7 +73,8 @@ def test_an_instruction_that_names_how_to_point_lifts_that_action_type():
     assert named("Right-click harbor and choose Rename.") == {"RIGHT_CLICK"}
     assert named("double click the file, then drag it to Trash") == {"DOUBLE_CLICK", "DRAG"}
     assert named("Scroll to the end") == {"SCROLL_UP", "SCROLL_DOWN"}
-    assert not named("Click the Copy button.") and not named("Choose the brightest colour.")  # "right" alone is not
+    assert not named("Click the Copy button.") and not named("Choose the right colour.")  # "right" alone is not
+    assert not named("Choose dragon and click Submit.")  # a radio option, not "drag"
 
     from agent.learner import ObsBatch
 
