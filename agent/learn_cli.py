@@ -224,6 +224,11 @@ def _refuse_person_judged(tasks: list[str]) -> None:
                             "`squirrel panel`, where thumbs up/down give each episode its outcome")
 
 
+def _did_something(step, i: int, last: int) -> bool:
+    """Step i of an episode whose last step is `last` did something: the screen changed, or the episode ended there."""
+    return step.changed or i == last
+
+
 class LearnRun:
     """The pieces of one `squirrel learn` run, so the CLI, the benchmark and the demo share them."""
 
@@ -351,11 +356,10 @@ class LearnRun:
                 if tool is not None:
                     d["tool"] = tool
                 target = thumb = None
-                # as recall keeps: only a point that did something (the screen changed, the episode ended there,
-                # or a tool's step) is a target; a click that missed is no step of a routine (mined from
-                # confirm-dialog, "click[blank] -> click[Cancel]" became a tool before this)
+                # as recall keeps: only a point that did something (or a tool's step) is a target; a click that
+                # missed is no step of a routine (on confirm-dialog "click[blank] -> click[Cancel]" was mined)
                 if "x" in d and crops:
-                    if st.changed or n == last or tool is not None:
+                    if _did_something(st, n, last) or tool is not None:
                         target = target_crop(frame, act.x, act.y)
                         thumb = target_png(target.reshape(CROP_H, CROP_W, 3).astype(np.uint8))
                 elif "x" in d and tool is None:
@@ -380,9 +384,9 @@ class LearnRun:
         last = len(r.transitions) - 1
         for i, st in enumerate(r.transitions):
             for frame, act, _ in self._primitives(st):
-                # only points that did something (the screen changed, or the episode ended there): a click that
-                # missed on the way to a success is not a target worth finding again
-                if act.type in POINTER_TYPES and (st.changed or i == last):
+                # only points that did something: a click that missed on the way to a success is not a target
+                # worth finding again
+                if act.type in POINTER_TYPES and _did_something(st, i, last):
                     points.append((frame, act.x, act.y, dict(act.to_dict(), step=i)))
         self.agent.recall.remember(r.task, self.agent.instructions(r.instruction).sentence.numpy(), points, r.ret,
                                    episode_id=r.db_id)

@@ -292,8 +292,7 @@ class Policy(nn.Module):
             key_logits = key_logits + self.key_name_gain * named
             type_prior = type_prior.index_copy(1, torch.tensor([ActionType.KEY, ActionType.TYPE]),
                                                torch.stack([named.amax(1), q.amax(1)], 1))
-            if "type_named" in instr:  # "Right-click ...", "Double-click ...": p(that type) ~ 0.08 -> ~0.2
-                type_prior = type_prior + instr["type_named"].float()
+            type_prior = type_prior + instr["type_named"].float()  # "Right-click ...": p(that type) ~ 0.08 -> ~0.2
         start_types = (TYPE_BIAS + type_prior).detach()  # (B,9) the policy's types at init, given this instruction
         type_prior = type_prior * self.type_prior_gain if hasattr(self, "type_prior_gain") else type_prior
         pl, pl2 = self.point_head(p_out), self.point2_head(p_out)  # (B,N,17)
