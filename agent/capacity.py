@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from agent.learner import Agent, AgentConfig, ObsBatch
-from agent.policy import ActionBatch
+from agent.policy import ActionBatch, History
 
 
 @dataclass
@@ -40,13 +40,15 @@ class CapacityConfig:
     agent: AgentConfig = field(default_factory=AgentConfig)
 
 
-def collect(env, tasks, n, seed0):
-    frames, instr, acts = [], [], []
+def collect(env, tasks, n, seed0, policy):
+    """n oracle steps: (frames, instructions, actions, what the policy is told of each step's episode so far)."""
+    frames, instr, acts, hists = [], [], [], []
     ep = 0
     while len(frames) < n:
         task = tasks[ep % len(tasks)]
         obs, _ = env.reset(seed=seed0 + ep, options={"task": task})
         ep += 1
+        hist = History()
         while True:
             a = env.unwrapped.oracle_action()
             if a is None:
@@ -54,19 +56,25 @@ def collect(env, tasks, n, seed0):
             frames.append(obs["screen"])
             instr.append(obs["instruction"])
             acts.append(a)
+            hists.append(hist.features())
             obs, _, term, trunc, _ = env.step(a)
+            hist.after(ActionBatch(**{k: torch.tensor([v]) for k, v in policy.from_action(a).items()}),
+                       not np.array_equal(obs["screen"], frames[-1]))
             if term or trunc:
                 break
-    return frames[:n], instr[:n], acts[:n]
+    return frames[:n], instr[:n], acts[:n], hists[:n]
 
 
 def evaluate(agent, env, task, episodes, seed0):
     wins = 0
     for i in range(episodes):
         obs, _ = env.reset(seed=seed0 + i, options={"task": task})
+        hist = History()
         while True:
-            a = agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]), greedy=True)[0]
+            a = agent.act(agent.obs_batch(obs, hist), greedy=True)[0]
+            before = obs["screen"]
             obs, _, term, trunc, info = env.step(agent.policy.to_action(a))
+            hist.after(a, not np.array_equal(obs["screen"], before))
             if term or trunc:
                 break
         wins += info.get("success") is True
@@ -87,7 +95,7 @@ def main(argv: list[str] | None = None, prog: str = "capacity") -> int:
     env.get_wrapper_attr("config").max_actions_per_s = 1e6
     try:
         t0 = time.time()
-        frames, instr, acts = collect(env, tasks, cfg.samples, 1_000_000)
+        frames, instr, acts, hists = collect(env, tasks, cfg.samples, 1_000_000, agent.policy)
         idx = [agent.policy.from_action(a) for a in acts]
         A = {k: torch.tensor([d[k] for d in idx]) for k in idx[0]}
         frames = np.stack(frames)
@@ -99,7 +107,7 @@ def main(argv: list[str] | None = None, prog: str = "capacity") -> int:
         for step in range(1, cfg.steps + 1):
             b = rng.integers(0, len(frames), cfg.batch)
             ab = ActionBatch(*(A[k][b] for k in ActionBatch._fields))
-            ev = agent.evaluate(ObsBatch(frames[b], [instr[i] for i in b]), ab)
+            ev = agent.evaluate(ObsBatch(frames[b], [instr[i] for i in b], history=[hists[i] for i in b]), ab)
             loss = -ev.logp.mean()
             agent.optimizer.zero_grad()
             loss.backward()

@@ -64,15 +64,15 @@ def plot_curves(runs: list[dict], path: Path, width: int = 640, height: int = 36
 
 def solved_strip(run: LearnRun, tries: int = 10) -> tuple[np.ndarray | None, str]:
     """Frames of a greedy episode the agent solves (with its clicks marked), and its instruction."""
-    from agent.learner import ObsBatch
+    from agent.policy import History
 
     env, agent = run.env, run.agent
     for i in range(tries):
         task = run.tasks[i % len(run.tasks)]
         obs, _ = env.reset(seed=10_000 + i, options={"task": task})
-        frames, done, info = [], False, {}
+        frames, done, info, hist = [], False, {}, History()
         while not done:
-            a = agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]), greedy=True)[0]
+            a = agent.act(agent.obs_batch(obs, hist), greedy=True)[0]
             act = agent.policy.to_action(a)
             f = obs["screen"].copy()
             if act.type.name.endswith("CLICK"):
@@ -81,6 +81,7 @@ def solved_strip(run: LearnRun, tries: int = 10) -> tuple[np.ndarray | None, str
                 f[y, max(x - 3, 0):x + 4] = (255, 0, 255)
             frames.append(f)
             obs, _, term, trunc, info = env.step(act)
+            hist.after(a, not np.array_equal(obs["screen"], f))
             done = term or trunc
         frames.append(obs["screen"])
         if info.get("success"):

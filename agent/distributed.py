@@ -48,8 +48,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from agent.learner import (Agent, AgentConfig, EpisodeResult, ObsBatch, OutcomeReplay, SelfImitationBuffer, Step,
-                           greedy_episodes, ppo_batch)
+from agent.learner import (Agent, AgentConfig, EpisodeResult, OutcomeReplay, SelfImitationBuffer, Step, greedy_episodes,
+                           ppo_batch)
+from agent.policy import History
 from agent.recall import Recall
 from squirrel.errors import UserError
 from trainer.ppo import ppo_update
@@ -239,8 +240,10 @@ class EpisodeActor:
         ask = bool(info.get("ask_person"))
         steps, ret, instruction = [], 0.0, obs["instruction"]
         self.agent.goal_text.start(obs["screen"], instruction)
+        hist = History()
         while True:
-            a, logp, value, state, af, _, match = self.agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]))
+            told = hist.features() if self.agent.cfg.history else None
+            a, logp, value, state, af, _, match = self.agent.act(self.agent.obs_batch(obs, hist))
             next_obs, reward, terminated, truncated, info = self.env.step(self.agent.policy.to_action(a))
             changed = not np.array_equal(next_obs["screen"], obs["screen"])
             ended = terminated or (truncated and self.agent.cfg.timeout_is_failure)
@@ -248,13 +251,14 @@ class EpisodeActor:
                       + self.agent.goal_text.shape(next_obs["screen"], ended))
             steps.append(Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(shaped),
                               bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None,
-                              success=info.get("success")))
+                              success=info.get("success"), history=told))
             ret += float(reward)
+            hist.after(a, changed)
             obs = next_obs
             if terminated or truncated:
                 break
         # the final observation: its value (bootstrap on truncation) and embedding (world-model target)
-        _, _, v_final, s_final, *_ = self.agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]))
+        _, _, v_final, s_final, *_ = self.agent.act(self.agent.obs_batch(obs, hist))
         self.watchdog.refresh()
         rec = self.agent.recall
         recalled = sum(len(c) for c, *_ in rec.cache.values()) if isinstance(rec, RemoteRecall) else 0

@@ -24,7 +24,7 @@ import torch
 
 from agent.actions import KEYS, ActionType
 from agent.instruction import InstructionCache
-from agent.policy import N_TYPES, POINTER_IDS, TOOL, ActionBatch, Policy
+from agent.policy import N_TYPES, POINTER_IDS, TOOL, ActionBatch, History, Policy
 from agent.recall import MAP_SHAPE, MEM_F
 from agent.shaping import GoalText
 from squirrel.errors import UserError
@@ -44,6 +44,7 @@ class ObsBatch(NamedTuple):
     # instruction words' matches (reading), then m_i recalled targets' matches (recall)
     tools: list | None = None  # per row: agent.tools.ToolInputs seen while acting (or None: find them now)
     memory: list | None = None  # per row: (M_i, MEM_F) recalled neighbours' token features (or None: recall now)
+    history: list | None = None  # per row: (HISTORY_F+1,) policy.History.features(), or None: the episode's start
 
 
 @dataclass
@@ -156,6 +157,13 @@ class AgentConfig:
     -0.86 at 16k); on click-tab (seed 0) 0.85 / 0.78 with it against 1.0 / 0.88 without. No cost in steps/s."""
     memory_k: int = 4
     """Remembered targets recalled per decision."""
+    history: bool = False
+    """Tell the policy what it did last in the episode (policy.History): the last decision's type, whether it
+    changed the screen and the decision count, as one token and as direct terms on the type, word and patch
+    choices (from zero), and a learned mark on the patch it pointed at. For tasks whose steps look alike on
+    screen: choose-radio (the radio, then Submit; the screens differ by a 3-pixel dot) read the right words but
+    not which comes first. choose-radio, 5,000 steps, seeds 0/1/2, final sampled success: 0.66 / 0.78 / 0.84
+    with it, 0.18 / 0.18 / 0.20 without (greedy 0 throughout without; 0.75 / 0.9 / 0.95 with it at 4k-5k)."""
     tools: bool = False
     """Tools as actions: active tools of the library are offered to the policy as options (agent/tools.py); with
     `squirrel learn`, tools mined from the agent's own successes become active at --tool-support successes."""
@@ -201,7 +209,7 @@ class Agent:
                              success_map=cfg.success_map, affordance=cfg.affordance,
                              ignore_echo=cfg.ignore_echo, label_prior=cfg.label_prior,
                              prior_entropy=cfg.prior_entropy, small_heads=cfg.small_heads,
-                             label_select=cfg.label_select)
+                             label_select=cfg.label_select, history=cfg.history)
         D = encoder.dim
         self.n_types = N_TYPES + int(cfg.tools)  # "call a tool" is one more type
         self.action_dim = self.n_types + D + len(KEYS)
@@ -238,6 +246,12 @@ class Agent:
                               torch.zeros(MAX_TOOLS, dtype=torch.bool))
             return [none] * len(frames)
         return [self.tools.inputs(f) for f in frames]
+
+    def obs_batch(self, obs: dict, history: History | None = None) -> ObsBatch:
+        """One env observation as a batch of one, with the episode so far when the policy is told it (history on;
+        None: the episode's start)."""
+        hist = [(history or History()).features()] if self.cfg.history else None
+        return ObsBatch(obs["screen"][None], [obs["instruction"]], history=hist)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"policy": self.policy, "world_model": self.world_model}
@@ -276,6 +290,9 @@ class Agent:
             tin = obs.tools if obs.tools is not None else self.tool_inputs(obs.frames)
             instr = dict(instr, tool_desc=torch.stack([t.desc for t in tin]), tool_mask=torch.stack([t.mask for t in tin]),
                          tool_param=torch.stack([t.param for t in tin]))
+        if self.cfg.history and obs.history is not None:
+            start = History().features()
+            instr = dict(instr, history=torch.stack([start if h is None else h for h in obs.history]))
         x, instr = self.policy.prepare(obs.frames, instr)
         return self.policy(x, instr), dict(instr, n_words=nw)
 
@@ -336,6 +353,7 @@ class Step(NamedTuple):
     prims: list | None = None  # a tool call's primitive steps: [(frame acted on, Action, tool id)]
     memory: torch.Tensor | None = None  # (M, MEM_F) the recalled neighbours the policy saw (recall on)
     success: bool | None = None  # the env's verdict after this step; read on an episode's last step (None: unknown)
+    history: torch.Tensor | None = None  # (HISTORY_F+1,) what the policy was told of the episode before it (history on)
 
 
 def _cat_actions(actions: list[ActionBatch]) -> ActionBatch:
@@ -361,7 +379,7 @@ class SelfImitationBuffer:
         rows = []
         for s in reversed(steps):
             g = s.reward + self.gamma ** s.duration * g
-            rows.append((s.frame, s.instruction, s.action, g, s.match, s.tools, s.memory))
+            rows.append((s.frame, s.instruction, s.action, g, s.match, s.tools, s.memory, s.history))
         self.queues.setdefault(task, deque()).extend(reversed(rows))
         if not self.balanced:
             self._order.extend([task] * len(rows))
@@ -414,7 +432,7 @@ class OutcomeReplay:
     def add_episode(self, steps: list[Step]) -> None:
         for s, y in zip(steps, pointer_outcomes(steps).tolist()):
             if y >= 0:
-                self.rows.append((s.frame, s.instruction, s.action, y, s.match, s.tools, s.memory))
+                self.rows.append((s.frame, s.instruction, s.action, y, s.match, s.tools, s.memory, s.history))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -427,12 +445,15 @@ class OutcomeReplay:
         return MapBatch(obs, actions, torch.tensor([r[3] for r in rows], dtype=torch.float32))
 
 
+def _all_or_none(xs: list) -> list | None:
+    return xs if all(x is not None for x in xs) else None
+
+
 def _rows_obs(rows: list[tuple]) -> tuple[ObsBatch, ActionBatch]:
-    """Replay rows (frame, instruction, action, target, match, tools, memory) as one ObsBatch and ActionBatch."""
-    match = [r[4] for r in rows] if all(r[4] is not None for r in rows) else None
-    tools = [r[5] for r in rows] if all(r[5] is not None for r in rows) else None
-    memory = [r[6] for r in rows] if all(r[6] is not None for r in rows) else None
-    return (ObsBatch(np.stack([r[0] for r in rows]), [r[1] for r in rows], match, tools, memory),
+    """Replay rows (frame, instruction, action, target, match, tools, memory, history) as one ObsBatch and
+    ActionBatch."""
+    match, tools, memory = (_all_or_none([r[i] for r in rows]) for i in (4, 5, 6))
+    return (ObsBatch(np.stack([r[0] for r in rows]), [r[1] for r in rows], match, tools, memory, [r[7] for r in rows]),
             _cat_actions([r[2] for r in rows]))
 
 
@@ -474,6 +495,7 @@ class Learner:
         self._ask = False  # the running episode's outcome is a person's
         self._cur_start = 0  # where the running episode's steps begin in the buffer
         self._obs = None
+        self._history = History()  # the running episode's, as the policy is told it (history on)
         self._task_i = 0
         self.stop_requested = False
 
@@ -495,6 +517,7 @@ class Learner:
         self._ask = bool(info.get("ask_person"))
         self._cur_start = len(self.buffer)
         self.episode_steps, self._ret = [], 0.0
+        self._history = History()
         self.agent.goal_text.start(obs["screen"], obs["instruction"])
 
     def run(self, total_steps: int) -> None:
@@ -505,7 +528,9 @@ class Learner:
             obs = self._obs
             tin = self.agent.tool_inputs(obs["screen"][None])
             mem = self.agent.memory_inputs([obs["instruction"]])
-            ob = ObsBatch(obs["screen"][None], [obs["instruction"]], tools=tin, memory=mem)
+            hist = self._history.features() if self.cfg.history else None
+            ob = ObsBatch(obs["screen"][None], [obs["instruction"]], tools=tin, memory=mem,
+                          history=None if hist is None else [hist])
             a, logp, value, state, af, out, match = self.agent.act(ob)
             for cb in self.decision_callbacks:
                 cb(ob, out)
@@ -520,15 +545,16 @@ class Learner:
             step = Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(shaped),
                         bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None,
                         tin[0] if tin else None, max(1, duration), prims,
-                        mem[0] if mem else None, info.get("success"))
+                        mem[0] if mem else None, info.get("success"), hist)
             if not self._ask:  # a person's task waits for its verdict before it is learned from
                 self.buffer.append(step)
             self.episode_steps.append(step)
             self._ret += float(reward)
             self._obs = next_obs
+            self._history.after(a, changed)
             if terminated or truncated:
                 # the final observation: its value (bootstrap on truncation) and embedding (world-model target)
-                _, _, v_final, s_final, *_ = self.agent.act(ObsBatch(next_obs["screen"][None], [next_obs["instruction"]]))
+                _, _, v_final, s_final, *_ = self.agent.act(self.agent.obs_batch(next_obs, self._history))
                 final = (float(v_final[0]), s_final[0])
                 success = info.get("success")
                 self.episodes += 1
@@ -588,7 +614,7 @@ class Learner:
 
     def _update(self) -> None:
         # V(s_{t+1}) and the next state's embedding after the rollout's last step
-        _, _, v_last, s_last, *_ = self.agent.act(ObsBatch(self._obs["screen"][None], [self._obs["instruction"]]))
+        _, _, v_last, s_last, *_ = self.agent.act(self.agent.obs_batch(self._obs, self._history))
         batch, self.err_mean = ppo_batch(self.agent, self.buffer, self._finals, (float(v_last[0]), s_last[0]),
                                          self.err_mean)
         t0 = time.perf_counter()
@@ -611,9 +637,12 @@ def greedy_episodes(agent: Agent, env, task: str, seeds) -> tuple[int, int]:
     wins = steps = 0
     for seed in seeds:
         obs, _ = env.reset(seed=int(seed), options={"task": task})
+        hist = History()
         while True:
-            a = agent.act(ObsBatch(obs["screen"][None], [obs["instruction"]]), greedy=True)[0]
+            a = agent.act(agent.obs_batch(obs, hist), greedy=True)[0]
+            before = obs["screen"]
             obs, _, terminated, truncated, info, prims = execute(agent, env, obs, a)
+            hist.after(a, not np.array_equal(obs["screen"], before))
             steps += env_steps_of(prims)
             if terminated or truncated:
                 wins += bool(info.get("success"))
@@ -693,7 +722,7 @@ def ppo_batch(agent: Agent, steps: list[Step], finals: dict[int, tuple[float, to
         obs=ObsBatch(np.stack([s.frame for s in steps]), [s.instruction for s in steps],
                      [s.match for s in steps] if steps[0].match is not None else None,
                      [s.tools for s in steps] if steps[0].tools is not None else None,
-                     [s.memory for s in steps] if all(s.memory is not None for s in steps) else None),
+                     _all_or_none([s.memory for s in steps]), [s.history for s in steps]),
         actions=actions,
         old_logp=torch.tensor([s.logp for s in steps]), old_value=values, advantages=adv, returns=ret,
         next_state=next_state, changed=torch.tensor([float(s.changed) for s in steps]), has_next=torch.ones(T),

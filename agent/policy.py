@@ -2,8 +2,10 @@
 
     screen (B,3,H,W) --encoder--> patch tokens (B,N,D)  (N = gh*gw patches of 16 px)
     instruction --MiniLM--> sentence (B,384), words (B,K,384) --proj--> goal token, word tokens (D)
-    [value/type token, goal, words, memory, patches] --transformer layers--> fused tokens
+    [value/type token, goal, (history), words, memory, patches] --transformer layers--> fused tokens
     (memory: with recall, one token per recalled neighbour, agent/recall.py MEM_F features projected to D)
+    (history, optional: the episode so far as one token, the last decision's type, whether the screen changed
+     and the decision count, and a learned mark added to the patch it pointed at; History below)
     heads: action type (9), key (20), value, TYPE span (start word, length), point and drag end
            (a patch, then one of 4x4 sub-cells: 4 px accuracy)
     success map (optional): per fused patch token, the logit that pointing there now ends in success, trained
@@ -62,6 +64,42 @@ LABEL_CELLS = 6  # label prior: how far (4 px cells) below a word its field or c
 SHOWN = 0.88  # label prior: a word matching this well outside the echo is shown there (a label); on focus-text
 # screens labels match themselves at 0.93-1.0 and other instruction words ("in", "the", "Enter") at up to 0.84
 POINTER_IDS = sorted(int(t) for t in POINTER_TYPES)
+HISTORY_F = N_TYPES + 1 + 1 + 4  # history: the last action's type (a tool call last), screen changed, steps 0/1/2/3+
+
+
+class History:
+    """What the policy is told of its episode so far (history on): the last decision's type, whether it changed
+    the screen, how many decisions came before, and the patch it pointed at. On choose-radio the screen after
+    the radio's click differs from the first by a 3-pixel dot; "I clicked there and it reacted" says it plainly.
+    One per running episode: `features()` before a decision, `after()` once its outcome is seen."""
+
+    def __init__(self):
+        self.type, self.patch, self.changed, self.steps = -1, -1, False, 0
+
+    def features(self) -> torch.Tensor:
+        """(HISTORY_F + 1,) float: the one-hots and flag, then the patch pointed at (-1: none) as the last element."""
+        f = torch.zeros(HISTORY_F + 1)
+        if self.type >= 0:
+            f[self.type] = 1.0
+        f[N_TYPES + 1] = float(self.changed)
+        f[N_TYPES + 2 + min(self.steps, 3)] = 1.0
+        f[-1] = self.patch
+        return f
+
+    def after(self, a: "ActionBatch", changed: bool, i: int = 0) -> None:
+        """Row i of decision `a` was carried out; `changed`: the screen differs from the one it was taken on."""
+        self.type, self.changed, self.steps = int(a.type[i]), bool(changed), self.steps + 1
+        self.patch = int(a.patch[i]) if self.type in POINTER_IDS else -1
+
+    @staticmethod
+    def along(frames: list, actions: list["ActionBatch"]) -> list[torch.Tensor]:
+        """features() before each decision of a recorded episode: actions[i] (a batch of one) taken on frames[i]."""
+        h, out = History(), []
+        for i, a in enumerate(actions):
+            out.append(h.features())
+            if i + 1 < len(frames):
+                h.after(a, bool((frames[i + 1] != frames[i]).any()))
+        return out
 
 
 def _match_and_echo(frames, word_pixels, widths, mask, echo: bool):
@@ -161,7 +199,7 @@ class Policy(nn.Module):
                  learned_matcher: bool = False, recall: bool = False, tools: bool = False, text_prior: bool = False,
                  success_map: bool = False, affordance: bool = False, ignore_echo: bool = False,
                  label_prior: bool = False, prior_entropy: bool = False, small_heads: bool = False,
-                 label_select: bool = False):
+                 label_select: bool = False, history: bool = False):
         super().__init__()
         self.encoder, self.reading, self.learned_matcher = encoder, reading, reading and learned_matcher
         self.concurrent_matching = True  # acting: match the words on a second thread (see _MATCHER)
@@ -221,6 +259,15 @@ class Policy(nn.Module):
                 if label_select:  # its own choice of word: the label a field is under is not itself the thing to click
                     with torch.random.fork_rng():  # drawn aside: every other module starts as it would without it
                         self.label_select = nn.Linear(D, 1)
+        if history:  # drawn aside: every other module starts as it would without it
+            with torch.random.fork_rng():
+                self.history_proj = nn.Linear(HISTORY_F, D)  # the episode so far as one token (History)
+                # and straight to the choices, from zero: which type, and queries for which word and which patch
+                self.history_type, self.history_query = nn.Linear(HISTORY_F, N_TYPES), nn.Linear(HISTORY_F, 2 * D)
+            for m in (self.history_type, self.history_query):
+                nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
+            self.history_mark = nn.Parameter(torch.zeros(D))  # added to the patch the last decision pointed at
         # the fixed pixel-space word match (agent/reading.py); off: the learned matcher is the only visual query
         self.pixel_match = True
         self._shared_stem: nn.Module | None = None
@@ -277,10 +324,20 @@ class Policy(nn.Module):
         else:
             mem_tokens, mem_pad = tokens[:, :0], torch.zeros(B, 0, dtype=torch.bool)
         M = mem_tokens.shape[1]
-        seq = torch.cat([self.cls.expand(B, -1, -1) + goal, goal, words, mem_tokens, tokens], 1)  # (B,2+K+M+N,D)
-        pad = torch.cat([torch.zeros(B, 2, dtype=torch.bool), ~mask, mem_pad, torch.zeros(B, N, dtype=torch.bool)], 1)
+        head, hq = [self.cls.expand(B, -1, -1) + goal, goal], None
+        if hasattr(self, "history_proj"):  # (B,HISTORY_F+1) History.features(); none given: the episode's start
+            hist = instr["history"] if "history" in instr else History().features().expand(B, -1)
+            last, f = hist[:, -1].long(), hist[:, :-1]  # (B,) the patch the last decision pointed at (-1: none)
+            marked = F.one_hot(last.clamp(min=0), N).float() * (last >= 0).float()[:, None]  # (B,N)
+            tokens = tokens + marked[..., None] * self.history_mark
+            head.append(self.history_proj(f[:, None]))  # (B,1,D)
+            hq = self.history_query(f).view(B, 2, D) / D ** 0.5  # (B,2,D) queries: which word, which patch
+            type_hist = self.history_type(f)  # (B,9)
+        H = len(head)
+        seq = torch.cat([*head, words, mem_tokens, tokens], 1)  # (B,H+K+M+N,D)
+        pad = torch.cat([torch.zeros(B, H, dtype=torch.bool), ~mask, mem_pad, torch.zeros(B, N, dtype=torch.bool)], 1)
         out = self.norm(self.fuse(seq, src_key_padding_mask=pad))
-        h, w_out, p_out = out[:, 0], out[:, 2:2 + K], out[:, 2 + K + M:]  # (B,D), (B,K,D), (B,N,D)
+        h, w_out, p_out = out[:, 0], out[:, H:H + K], out[:, H + K + M:]  # (B,D), (B,K,D), (B,N,D)
         neg = torch.finfo(out.dtype).min
         start_logits = self.start_head(w_out)[..., 0].masked_fill(~mask, neg)  # (B,K)
         len_logits = self.len_head(h)[:, None].expand(B, K, SPAN_LENS)  # (B,K,4): the same for every start word
@@ -297,6 +354,8 @@ class Policy(nn.Module):
         type_prior = type_prior * self.type_prior_gain if hasattr(self, "type_prior_gain") else type_prior
         pl, pl2 = self.point_head(p_out), self.point2_head(p_out)  # (B,N,17)
         patch_logits, sub_logits = pl[..., 0], pl[..., 1:]
+        if hq is not None:  # the patch to point at, given what was done last
+            patch_logits = patch_logits + torch.einsum("bnd,bd->bn", p_out, hq[:, 1])
         success = None
         if hasattr(self, "success_head"):
             success = self.success_head(p_out)[..., 0]  # (B,N) logit: pointing here now ends in success
@@ -313,7 +372,10 @@ class Policy(nn.Module):
             r = instr["match"] if self.pixel_match else 0.0  # (B,K,h,w): each word's template match, per 4 px cell
             if self.learned_matcher:
                 r = r + self.learned_gain * self.matcher(x, instr["word_x"], instr["word_widths"], mask, stem.get("f"))
-            sel = self.word_select(w_out)[..., 0].masked_fill(~mask, neg).softmax(-1)  # (B,K) which word to find
+            sel = self.word_select(w_out)[..., 0]  # (B,K) which word to find
+            if hq is not None:  # given what was done last: the radio's word, then Submit
+                sel = sel + torch.einsum("bkd,bd->bk", w_out, hq[:, 0])
+            sel = sel.masked_fill(~mask, neg).softmax(-1)
             m = torch.einsum("bk,bkhw->bhw", sel, r)  # (B,h,w)
             echo = None  # (B,h,w) where the instruction is written out, when a prior needs it
             if self._wants_echo():
@@ -341,6 +403,8 @@ class Policy(nn.Module):
             sub_logits = sub_logits + self.recall_gain * prior
             patch_logits = patch_logits + (self.recall_gain * prior).amax(-1)
         type_logits, tool_logits, tool_param = self.type_head(h) + type_prior, None, None
+        if hq is not None:
+            type_logits = type_logits + type_hist
         if hasattr(self, "tool_call"):  # (B,T,F) descriptors and (B,T) masks of the tools offered (agent/tools.py)
             desc, avail, tool_param = instr["tool_desc"], instr["tool_mask"], instr["tool_param"]
             tool_logits = torch.einsum("bd,btd->bt", self.tool_query(h), self.tool_key(desc)) / D ** 0.5

@@ -332,14 +332,15 @@ class AgentWorker:
         import torch
 
         from agent.learner import ObsBatch, Step, _cat_actions
-        from agent.policy import ActionBatch
+        from agent.policy import ActionBatch, History
 
         agent, db = self.run.agent, self.run.db
         batches = [ActionBatch(**{k: torch.tensor([v]) for k, v in agent.policy.from_action(a).items()})
                    for _, a, _, _, _ in trail]
+        frames = [o["screen"] for o, *_ in trail]
+        hist = History.along(frames, batches)
         with torch.no_grad():
-            ev = agent.evaluate(ObsBatch(np.stack([o["screen"] for o, *_ in trail]), [instruction] * len(trail)),
-                                _cat_actions(batches))
+            ev = agent.evaluate(ObsBatch(np.stack(frames), [instruction] * len(trail), history=hist), _cat_actions(batches))
         D = agent.policy.encoder.dim
         eid = db.begin_episode(task, seed, instruction, source="person")
         for i, (_, a, r, _, _) in enumerate(trail):
@@ -348,7 +349,8 @@ class AgentWorker:
         db.end_episode(eid, bool(success), ret, len(trail))
         if success:
             self.run.learner.sil.add_episode([
-                Step(o["screen"], instruction, b, 0.0, 0.0, r, term, trunc, ev.state[i], ev.action_features[i], True)
+                Step(o["screen"], instruction, b, 0.0, 0.0, r, term, trunc, ev.state[i], ev.action_features[i], True,
+                     history=hist[i])
                 for i, ((o, _, r, term, trunc), b) in enumerate(zip(trail, batches))], task)
         return eid
 
