@@ -523,9 +523,10 @@ class LearnRun:
 
 def option_flags(written: dict, current: dict) -> list[str]:
     """The agent options a checkpoint was written with (`written`, its config) that differ from this run's
-    (`current`), as the flags that would set them back, e.g. ["--agent.no-memory", "--agent.fusion-layers 2"]."""
+    (`current`), as the flags that would set them back, e.g. ["--agent.no-memory", "--agent.fusion-layers 2"].
+    An option on now that the checkpoint does not name came after it, when there was no such thing: off."""
     flags = []
-    for key, value in written.items():
+    for key, value in {**{k: False for k, v in current.items() if v is True}, **written}.items():
         if key not in current or current[key] == value or isinstance(value, dict):
             continue
         name = key.replace("_", "-")

@@ -157,13 +157,16 @@ class AgentConfig:
     -0.86 at 16k); on click-tab (seed 0) 0.85 / 0.78 with it against 1.0 / 0.88 without. No cost in steps/s."""
     memory_k: int = 4
     """Remembered targets recalled per decision."""
-    history: bool = False
+    history: bool = True
     """Tell the policy what it did last in the episode (policy.History): the last decision's type, whether it
     changed the screen and the decision count, as one token and as direct terms on the type, word and patch
     choices (from zero), and a learned mark on the patch it pointed at. For tasks whose steps look alike on
     screen: choose-radio (the radio, then Submit; the screens differ by a 3-pixel dot) read the right words but
     not which comes first. choose-radio, 5,000 steps, seeds 0/1/2, final sampled success: 0.66 / 0.78 / 0.84
-    with it, 0.18 / 0.18 / 0.20 without (greedy 0 throughout without; 0.75 / 0.9 / 0.95 with it at 4k-5k)."""
+    with it, 0.18 / 0.18 / 0.20 without (greedy 0 throughout without; 0.75 / 0.9 / 0.95 with it at 4k-5k).
+    right-click-item, seeds 0/1/2: 0.60 / 0.36 / 0.10 with it, 0.62 / 0.04 / 0.28 without (one seed starts,
+    another stalls: no clear effect). The other six tasks of `bench continual`, each alone for 2,000 steps
+    (seed 0): no worse with it (the learning issue's closing note)."""
     tools: bool = False
     """Tools as actions: active tools of the library are offered to the policy as options (agent/tools.py); with
     `squirrel learn`, tools mined from the agent's own successes become active at --tool-support successes."""

@@ -90,3 +90,27 @@ def test_the_learner_tells_the_policy_each_steps_history_and_starts_afresh_each_
                 assert s.history[int(prev.action.type[0])] == 1 and s.history[N_TYPES + 1] == float(prev.changed)
             else:
                 assert s.history[:N_TYPES + 2].sum() == 0
+
+
+def test_a_checkpoint_from_before_the_history_is_told_to_load_with_no_history(tmp_path):
+    import pytest
+
+    from agent.learn_cli import LearnConfig, LearnRun, option_flags
+    from squirrel.errors import UserError
+
+    # a checkpoint's config that predates an option does not name it: then there was no such thing
+    assert option_flags({"memory": True, "rollout": 64}, {"memory": True, "rollout": 64, "history": True}) == [
+        "--agent.no-history"]
+    cfg = LearnConfig(tasks="fake-click", steps=64, home=str(tmp_path), tensorboard=False, progress=False,
+                      agent=AgentConfig(encoder=TINY, threads=1, rollout=64, memory=False, history=False))
+    run = LearnRun(cfg, ["fake-click"])
+    run.start()
+    run.loop()
+    run.close()
+    cfg.resume, cfg.agent = True, AgentConfig(encoder=TINY, threads=1, rollout=64, memory=False, history=True)
+    run2 = LearnRun(cfg, ["fake-click"])
+    try:
+        with pytest.raises(UserError, match="--agent.no-history"):
+            run2.start()
+    finally:
+        run2.close()
