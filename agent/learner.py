@@ -165,8 +165,10 @@ class AgentConfig:
     not which comes first. choose-radio, 5,000 steps, seeds 0/1/2, final sampled success: 0.66 / 0.78 / 0.84
     with it, 0.18 / 0.18 / 0.20 without (greedy 0 throughout without; 0.75 / 0.9 / 0.95 with it at 4k-5k).
     right-click-item, seeds 0/1/2: 0.60 / 0.36 / 0.10 with it, 0.62 / 0.04 / 0.28 without (one seed starts,
-    another stalls: no clear effect). The other six tasks of `bench continual`, each alone for 2,000 steps
-    (seed 0): no worse with it (the learning issue's closing note)."""
+    another stalls: no clear effect). The other six tasks of `bench continual`, each alone for 2,000 steps (seed
+    0), with it / without it (an earlier run): confirm-dialog 0.56 / 0.52, click-button 0.94 / 1.00, click-shape
+    0.22 / 0.18, click-tab 0.82 / 0.54, double-click-item 0.56 / 0.62, choose-menu 0.52 / 0.72 (a second run
+    without it: 0.56; one seed's spread)."""
     tools: bool = False
     """Tools as actions: active tools of the library are offered to the policy as options (agent/tools.py); with
     `squirrel learn`, tools mined from the agent's own successes become active at --tool-support successes."""
