@@ -58,8 +58,7 @@ def collect(env, tasks, n, seed0, policy):
             acts.append(a)
             hists.append(hist.features())
             obs, _, term, trunc, _ = env.step(a)
-            hist.after(ActionBatch(**{k: torch.tensor([v]) for k, v in policy.from_action(a).items()}),
-                       not np.array_equal(obs["screen"], frames[-1]))
+            hist.after(policy.as_batch(a), not np.array_equal(obs["screen"], frames[-1]))
             if term or trunc:
                 break
     return frames[:n], instr[:n], acts[:n], hists[:n]

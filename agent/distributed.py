@@ -242,8 +242,8 @@ class EpisodeActor:
         self.agent.goal_text.start(obs["screen"], instruction)
         hist = History()
         while True:
-            told = hist.features() if self.agent.cfg.history else None
-            a, logp, value, state, af, _, match = self.agent.act(self.agent.obs_batch(obs, hist))
+            ob = self.agent.obs_batch(obs, hist)
+            a, logp, value, state, af, _, match = self.agent.act(ob)
             next_obs, reward, terminated, truncated, info = self.env.step(self.agent.policy.to_action(a))
             changed = not np.array_equal(next_obs["screen"], obs["screen"])
             ended = terminated or (truncated and self.agent.cfg.timeout_is_failure)
@@ -251,7 +251,7 @@ class EpisodeActor:
                       + self.agent.goal_text.shape(next_obs["screen"], ended))
             steps.append(Step(obs["screen"], obs["instruction"], a, float(logp[0]), float(value[0]), float(shaped),
                               bool(terminated), bool(truncated), state[0], af[0], changed, match[0] if match else None,
-                              success=info.get("success"), history=told))
+                              success=info.get("success"), history=ob.history[0] if ob.history else None))
             ret += float(reward)
             hist.after(a, changed)
             obs = next_obs

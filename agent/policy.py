@@ -324,7 +324,7 @@ class Policy(nn.Module):
         else:
             mem_tokens, mem_pad = tokens[:, :0], torch.zeros(B, 0, dtype=torch.bool)
         M = mem_tokens.shape[1]
-        head, hq = [self.cls.expand(B, -1, -1) + goal, goal], None
+        head, hq, type_hist = [self.cls.expand(B, -1, -1) + goal, goal], None, 0.0
         if hasattr(self, "history_proj"):  # (B,HISTORY_F+1) History.features(); none given: the episode's start
             hist = instr["history"] if "history" in instr else History().features().expand(B, -1)
             last, f = hist[:, -1].long(), hist[:, :-1]  # (B,) the patch the last decision pointed at (-1: none)
@@ -402,9 +402,7 @@ class Policy(nn.Module):
             prior = cells(instr["recall"].amax(1).clamp(min=0))  # (B,N,16): 0 where nothing remembered matches
             sub_logits = sub_logits + self.recall_gain * prior
             patch_logits = patch_logits + (self.recall_gain * prior).amax(-1)
-        type_logits, tool_logits, tool_param = self.type_head(h) + type_prior, None, None
-        if hq is not None:
-            type_logits = type_logits + type_hist
+        type_logits, tool_logits, tool_param = self.type_head(h) + type_prior + type_hist, None, None
         if hasattr(self, "tool_call"):  # (B,T,F) descriptors and (B,T) masks of the tools offered (agent/tools.py)
             desc, avail, tool_param = instr["tool_desc"], instr["tool_mask"], instr["tool_param"]
             tool_logits = torch.einsum("bd,btd->bt", self.tool_query(h), self.tool_key(desc)) / D ** 0.5
@@ -508,6 +506,10 @@ class Policy(nn.Module):
         return {"type": int(action.type), "patch": patch, "sub": sub, "patch2": patch2, "sub2": sub2,
                 "key": KEYS.index(action.key) if action.key else 0, "start": action.span[0],
                 "length": min(max(action.span[1] - action.span[0], 0), SPAN_LENS - 1), "tool": 0}
+
+    def as_batch(self, action: Action) -> ActionBatch:
+        """An env action as a batch of one, as sample() would have drawn it."""
+        return ActionBatch(**{k: torch.tensor([v]) for k, v in self.from_action(action).items()})
 
 
 def quoted_runs(q: torch.Tensor) -> torch.Tensor:

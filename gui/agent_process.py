@@ -332,11 +332,10 @@ class AgentWorker:
         import torch
 
         from agent.learner import ObsBatch, Step, _cat_actions
-        from agent.policy import ActionBatch, History
+        from agent.policy import History
 
         agent, db = self.run.agent, self.run.db
-        batches = [ActionBatch(**{k: torch.tensor([v]) for k, v in agent.policy.from_action(a).items()})
-                   for _, a, _, _, _ in trail]
+        batches = [agent.policy.as_batch(a) for _, a, _, _, _ in trail]
         frames = [o["screen"] for o, *_ in trail]
         hist = History.along(frames, batches)
         with torch.no_grad():
