@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.bench_learn import Job, _start, _stop, steps_to_80
+from squirrel import interrupt
 from squirrel.errors import UserError
 
 DEFAULT_TASKS = ("confirm-dialog,click-button,click-shape,choose-radio,click-tab,double-click-item,choose-menu,"
@@ -188,6 +189,7 @@ def main(argv: list[str], prog: str) -> int:
                 _start(job)
                 running.append(job)
             time.sleep(0.5)
+            interrupt.check()
             for job in [j for j in running if j.proc.poll() is not None]:
                 running.remove(job)
                 job.logf.close()

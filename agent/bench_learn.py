@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from squirrel import interrupt
 from squirrel.errors import UserError
 
 AGENTS = ("squirrel", "random", "sb3-ppo")
@@ -286,6 +287,7 @@ def main(argv: list[str], prog: str) -> int:
                 _start(job)
                 running.append(job)
             time.sleep(0.5)
+            interrupt.check()
             for job in [j for j in running if j.proc.poll() is not None]:
                 running.remove(job)
                 r = _finish(job, job.proc.returncode, cfg.steps)
@@ -367,7 +369,7 @@ def worker(argv: list[str]) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] != ["--worker"]:
         sys.exit("this module's own entry is the internal worker of `squirrel bench learn`; run that instead")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    interrupt.install()
     try:
         sys.exit(worker(sys.argv[2:]))
     except UserError as e:

@@ -17,6 +17,7 @@ import torch
 
 from agent.learner import Agent, AgentConfig, ObsBatch
 from agent.policy import ActionBatch, History
+from squirrel import interrupt
 
 
 @dataclass
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None, prog: str = "capacity") -> int:
         log = []
         t0 = time.time()
         for step in range(1, cfg.steps + 1):
+            interrupt.check()
             b = rng.integers(0, len(frames), cfg.batch)
             ab = ActionBatch(*(A[k][b] for k in ActionBatch._fields))
             ev = agent.evaluate(ObsBatch(frames[b], [instr[i] for i in b], history=[hists[i] for i in b]), ab)

@@ -11,6 +11,7 @@ import numpy as np
 
 from agent.learn_cli import LearnConfig, LearnRun
 from agent.learner import AgentConfig
+from squirrel import interrupt
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
@@ -125,6 +126,7 @@ def main(argv: list[str], prog: str) -> int:
         try:
             run.loop()
         except KeyboardInterrupt:
+            interrupt.handled()
             print("\nsquirrel demo: stopped early; writing the report of what it learned so far")
             run.save()
         run.report()

@@ -52,6 +52,7 @@ from agent.learner import (Agent, AgentConfig, EpisodeResult, OutcomeReplay, Sel
                            ppo_batch)
 from agent.policy import History
 from agent.recall import Recall
+from squirrel import interrupt
 from squirrel.errors import UserError
 from trainer.ppo import ppo_update
 
@@ -459,6 +460,7 @@ class DistributedLearner:
             if not (st.dead or st.restarting):
                 self._top_up(i)
         while self.env_steps < total_steps and not self.stop_requested:
+            interrupt.check()
             now = time.monotonic()
             for i, st in enumerate(self.stats):
                 if st.restarting and now >= st.retry_at and i not in self._calls.values():

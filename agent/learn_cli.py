@@ -15,6 +15,7 @@ import numpy as np
 
 from agent.distributed import ScaleConfig
 from agent.learner import AgentConfig
+from squirrel import interrupt
 from squirrel.errors import UserError
 
 
@@ -203,6 +204,7 @@ def main(argv: list[str], prog: str) -> int:
     except KeyboardInterrupt:
         if not hasattr(run, "learner"):
             raise
+        interrupt.handled()
         print("\nsquirrel: stop requested; saving a checkpoint", flush=True)
         run.save()
     finally:

@@ -27,6 +27,7 @@ from agent.instruction import InstructionCache
 from agent.policy import N_TYPES, POINTER_IDS, TOOL, ActionBatch, History, Policy
 from agent.recall import MAP_SHAPE, MEM_F
 from agent.shaping import GoalText
+from squirrel import interrupt
 from squirrel.errors import UserError
 from trainer.batches import Evaluation, MapBatch, PPOBatch, SILBatch
 from trainer.gae import gae
@@ -530,6 +531,7 @@ class Learner:
         if self._obs is None:
             self._reset()
         while self.env_steps < total_steps and not self.stop_requested:
+            interrupt.check()
             obs = self._obs
             tin = self.agent.tool_inputs(obs["screen"][None])
             mem = self.agent.memory_inputs([obs["instruction"]])

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from agent.instruction import WORD_W, render_word
 from agent.screens import HEADER, HELDOUT_WORDS, click_button_screen, random_screen
 from perception.encoder import prior_dir
+from squirrel import interrupt
 from squirrel.errors import UserError
 
 OBJECTIVE_VERSION = 3  # bump when the generator or the loss changes: old cached priors are then not reused
@@ -250,6 +251,7 @@ def pretrain(cfg: PretrainConfig, log=_say) -> dict:
     t0 = time.time()
     curve, ema_loss, ema_acc = [], None, None
     for step in range(1, cfg.steps + 1):
+        interrupt.check()
         frames, picks = sample_batch(rng, cfg.batch, cfg.queries, model.encoder.image_size)
         loss, acc = loss_fn(model, frames, picks)
         opt.zero_grad()

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
-import signal
 import sys
 
+from squirrel import interrupt
 from squirrel.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -70,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"squirrel: unknown command {cmd!r}.\n\n{_usage()}", file=sys.stderr)
         return 2
-    # SIGTERM behaves like Ctrl-C, so every command's cleanup (displays, checkpoints) runs; and SIGINT stops us
-    # even when we were started with it ignored (nohup, `cmd &` from a script): a stop must always work.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupt.install()  # SIGTERM acts as Ctrl-C, and neither is lost (squirrel/interrupt.py says how one can be)
     try:
         return int(_load(target)(rest, prog) or 0)
     except UserError as e:

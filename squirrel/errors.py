@@ -1,6 +1,7 @@
 """Errors a user can meet. The CLI prints them as one line and exits non-zero, never a traceback.
 
-Core packages may import this module (and only this one) from `squirrel`.
+Any package may import this module and `squirrel.interrupt`; of the rest of `squirrel`, only entry points
+(learn, bench, demo) import `squirrel.config`.
 """
 
 

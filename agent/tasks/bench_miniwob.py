@@ -25,6 +25,7 @@ import numpy as np
 from agent.bench_learn import (AGENTS, BenchLearnConfig, Job, _command, _die_with_parent, _finish, _print_summary, _stop,
                                summarize)
 from agent.tasks.miniwob import PREFIX, STATS_ENV, find_chromium, html_dir, task_name
+from squirrel import interrupt
 from squirrel.errors import UserError
 
 DEFAULT_TASKS = "click-test,click-test-2,click-button,click-dialog,click-color,focus-text,enter-text,click-tab"
@@ -139,6 +140,7 @@ def main(argv: list[str], prog: str) -> int:
                 _start(job, job.out.with_suffix(".stats.json"))
                 running.append(job)
             time.sleep(0.5)
+            interrupt.check()
             for job in [j for j in running if j.proc.poll() is not None]:
                 running.remove(job)
                 r = _with_stats(_finish(job, job.proc.returncode, cfg.steps), job.out.with_suffix(".stats.json"))

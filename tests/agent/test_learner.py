@@ -91,6 +91,35 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert ckpts and int(ckpts[-1].stem.split("-")[1]) > 0
 
 
+SWALLOWED = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from squirrel import interrupt
+from tests.agent.test_learner import fake_env, tiny_agent
+from agent.learner import Learner
+
+class Finalizer:  # a signal that arrives while a __del__ runs: the interrupt it raises is printed and dropped
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+interrupt.install()
+learner = Learner(tiny_agent(), fake_env(), ["fake-click"])
+learner.decision_callbacks.append(lambda *_: Finalizer() if learner.env_steps == 40 else None)
+try:
+    learner.run(400)
+except KeyboardInterrupt:
+    print("stopped at", learner.env_steps)
+"""
+
+
+def test_a_stop_signal_swallowed_by_a_finalizer_still_stops_the_learner():
+    root = str(Path(__file__).parents[2])
+    p = subprocess.run([sys.executable, "-c", SWALLOWED.format(root=root)], capture_output=True, text=True, timeout=120,
+                       cwd=root)
+    assert "Exception ignored in" in p.stderr and "KeyboardInterrupt" in p.stderr, p.stderr[-2000:]  # it was lost
+    assert p.stdout.strip().splitlines()[-1] == "stopped at 41", (p.stdout, p.stderr[-2000:])  # and still stopped, one step later
+
+
 class AskEnv(SafetyGate):
     """The fake click task judged by a person: episodes that end by the agent's own doing end undecided
     (success None, no outcome reward); the true outcome is kept in `truth` for the test's "person"."""
