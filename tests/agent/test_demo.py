@@ -51,3 +51,4 @@ def test_bench_latency_writes_its_json(tmp_path):
     for k in ("decision_ms_median", "decision_ms_p90", "loop_steps_per_s", "oracle_steps_per_s"):
         assert d[k] > 0
     assert d["decision_ms_p90"] >= d["decision_ms_median"]
+    assert d["memory_entries"] is not None  # decisions were timed with recall on, as `squirrel learn` runs them
