@@ -40,6 +40,8 @@ from multiprocessing.connection import Connection
 import gymnasium as gym
 import numpy as np
 
+from squirrel import interrupt
+
 INTERRUPT_AFTER_S = 0.3  # a stop that the loop has not obeyed by then interrupts it
 SCALE_EVERY_S = 0.5  # the actors' figures go with progress at most this often
 
@@ -473,7 +475,7 @@ class AgentWorker:
             if self.gate is None or not self.gate.stop.is_set():  # the gate refuses to reset once stopped: a stop
                 raise
         except KeyboardInterrupt:  # SIGTERM, or a stop that interrupted an update
-            pass
+            interrupt.handled()
         self.finishing.set()
         self._save()
         self._last_flush = 0.0
@@ -540,11 +542,10 @@ def main(argv: list[str]) -> int:
     cmd_fd, evt_fd = int(argv[0]), int(argv[1])
     _die_with_parent()
 
-    def on_term(*_):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if we were started with SIGINT ignored
+    # SIGTERM and SIGINT raise KeyboardInterrupt, even if we were started with SIGINT ignored; one that lands in a
+    # finalizer and is dropped still stops the learner at its next step (squirrel/interrupt.py), or a panel that died
+    # would leave us learning on
+    interrupt.install()
     worker = AgentWorker(Connection(cmd_fd, writable=False), Connection(evt_fd, readable=False))
     try:
         code = worker.serve()
