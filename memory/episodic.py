@@ -399,8 +399,9 @@ class EpisodicMemory:
         return len(ids)
 
     # ---------------------------------------------------------------- reading
-    def query(self, key: np.ndarray, k: int = 8, *, task: str | None = None) -> list[MemoryHit]:
-        """The k entries nearest to `key` (most similar first), optionally of one task only."""
+    def query(self, key: np.ndarray, k: int = 8, *, task: str | None = None, count_uses: bool = True) -> list[MemoryHit]:
+        """The k entries nearest to `key` (most similar first), optionally of one task only. `count_uses=False`:
+        the caller chooses among the hits and says which it used (`used`)."""
         q = normalise(key)
         if q.shape != (1, self.key_dim):
             raise ValueError(f"query key must have size {self.key_dim}")
@@ -426,12 +427,22 @@ class EpisodicMemory:
                 hits.append(MemoryHit(int(i), float(s), json.loads(r[2]), from_blob(r[3]), r[4], bool(r[5]), name))
                 if len(hits) == k:
                     break
-            if not self.db.readonly:
-                for h in hits:
-                    self._pending_uses[h.id] = self._pending_uses.get(h.id, 0) + 1
-                if len(self._pending_uses) > 4096:
-                    self._flush_uses()
+            if count_uses:
+                self._count_uses(h.id for h in hits)
         return hits
+
+    def used(self, ids) -> None:
+        """These entries were used (what eviction's score counts), after a `query(count_uses=False)`."""
+        with self.db.lock:
+            self._count_uses(ids)
+
+    def _count_uses(self, ids) -> None:
+        if self.db.readonly:
+            return
+        for i in ids:
+            self._pending_uses[i] = self._pending_uses.get(i, 0) + 1
+        if len(self._pending_uses) > 4096:
+            self._flush_uses()
 
     def __len__(self) -> int:
         with self.db.lock:
