@@ -129,13 +129,17 @@ class Recall:
         """(M, CROP_H, CROP_W, 3) uint8 crops, (M,) weights and (M, MEM_F) token features of k remembered successful
         targets near the goal; M may be 0. Sentence embeddings of instructions that differ in one word are still close
         (cosine ~0.8), so the weight is sharp: exp((cosine - 1) / temperature), 1 for the same goal, ~0.02 for cosine
-        0.8. The k are chosen from the CANDIDATES x k nearest to differ (`diverse`). Cached per instruction until memory
+        0.8. The k are chosen to differ (`diverse`) from the CANDIDATES x k nearest and as many newest at the same
+        key (a repeated instruction: the index alone returns its oldest). Cached per instruction until memory
         changes."""
         hit = self._hits.get(instruction)
         if hit is None:
             n = CROP_H * CROP_W * 3
-            found = [h for h in self.memory.query(np.asarray(key, np.float32)[None], CANDIDATES * self.k,
-                                                  count_uses=False)
+            key = np.asarray(key, np.float32)[None]
+            near = self.memory.query(key, CANDIDATES * self.k, count_uses=False)
+            seen = {h.id for h in near}  # the index returns the oldest of equal keys: the newest join them
+            near += [h for h in self.memory.newest_at(key, CANDIDATES * self.k) if h.id not in seen]
+            found = [h for h in near
                      if h.success and h.similarity >= self.min_similarity and h.target_embedding is not None
                      and h.target_embedding.size == n]
             crops = np.stack([h.target_embedding.reshape(CROP_H, CROP_W, 3).astype(np.uint8) for h in found]) \

@@ -431,6 +431,18 @@ class EpisodicMemory:
                 self._count_uses(h.id for h in hits)
         return hits
 
+    def newest_at(self, key: np.ndarray, n: int) -> list[MemoryHit]:
+        """The n newest entries stored under exactly this key (newest first; similarity 1). A repeated goal has
+        many entries at one key, and the index returns the oldest of such ties: this finds the recent ones. (A scan
+        of the keys: milliseconds at a few thousand entries; callers cache it.)"""
+        q = normalise(key)
+        if q.shape != (1, self.key_dim):
+            raise ValueError(f"key must have size {self.key_dim}")
+        rows = self.db.read("SELECT id, task_id, action, target, ret, success FROM memory WHERE key = ? "
+                            "ORDER BY id DESC LIMIT ?", (q[0].tobytes(), int(n)))
+        return [MemoryHit(int(r[0]), 1.0, json.loads(r[2]), from_blob(r[3]), r[4], bool(r[5]), self._task_name(r[1]))
+                for r in rows]
+
     def used(self, ids) -> None:
         """These entries were used (what eviction's score counts), after a `query(count_uses=False)`."""
         with self.db.lock:

@@ -55,8 +55,8 @@ def test_recall_remembers_successes_in_episodic_memory_by_goal(tmp_path):
 
 
 def test_a_repeated_goal_recalls_targets_that_differ_not_the_same_few(tmp_path):
-    """Hundreds of targets at one key: the index returns the same few every time. If the first successes all hit
-    red boxes, a later blue one must still be among the k recalled, and only the k chosen count as used."""
+    """Many targets at one key: the index returns the same oldest few every time. If the first 50 successes all
+    hit red boxes, a later blue one must still be among the k recalled, and only the k chosen count as used."""
     from memory.db import AgentDB
     from memory.episodic import EpisodicMemory
 
@@ -65,8 +65,8 @@ def test_a_repeated_goal_recalls_targets_that_differ_not_the_same_few(tmp_path):
         memory = EpisodicMemory(db, key_dim=8)
         recall = Recall(memory, k=4)
         red, blue = boxes({RED: (20, 20)}), boxes({BLUE: (20, 20)})
-        for i in range(20):  # one success at a time, as episodes end
-            screen = blue if i == 13 else red
+        for i in range(60):  # one success at a time, as episodes end
+            screen = blue if i == 50 else red
             recall.remember("t", goal, [(screen, 32, 32, {"type": "click", "x": 32, "y": 32, "step": 0})], 0.99)
         crops, w, feats = recall.lookup("same goal", goal)
         colours = {tuple(int(v) for v in c[8, 24]) for c in crops}
@@ -74,7 +74,7 @@ def test_a_repeated_goal_recalls_targets_that_differ_not_the_same_few(tmp_path):
         memory.query(goal[None], 4, count_uses=False)  # a query whose caller chooses counts no use
         memory._flush_uses()
         uses = dict(db.read("SELECT id, uses FROM memory"))
-        assert sum(uses.values()) == 4 and max(uses.values()) == 1 and uses[14] == 1 and uses[20] == 1  # blue; newest
+        assert sum(uses.values()) == 4 and max(uses.values()) == 1 and uses[51] == 1 and uses[60] == 1  # blue; newest
 
 
 def test_recalled_targets_change_the_policy_output_by_the_learned_trust():
