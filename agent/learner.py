@@ -157,7 +157,8 @@ class AgentConfig:
     without). Where the remembered targets all look alike it learns to distrust them (focus-text's fields: gain
     -0.86 at 16k); on click-tab (seed 0) 0.85 / 0.78 with it against 1.0 / 0.88 without. No cost in steps/s."""
     memory_k: int = 4
-    """Remembered targets recalled per decision (chosen to differ in look among the 8k nearest: agent/recall.py)."""
+    """Remembered targets recalled per decision (chosen to differ in look among the 8k nearest and
+    the 8k newest of the same goal: agent/recall.py)."""
     history: bool = True
     """Tell the policy what it did last in the episode (policy.History): the last decision's type, whether it
     changed the screen and the decision count, as one token and as direct terms on the type, word and patch

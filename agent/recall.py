@@ -29,7 +29,7 @@ from agent.reading import CELL
 
 CROP_H, CROP_W = 16, 48  # the remembered appearance around a point
 MAP_SHAPE = (208 // CELL, 160 // CELL)  # the policy's point cells over the 208x160 task area
-CANDIDATES = 8  # recall chooses its k targets from the CANDIDATES x k nearest (`diverse`)
+CANDIDATES = 8  # recall chooses its k targets among the CANDIDATES x k nearest and newest (`diverse`)
 SIGMA = 0.12  # colour difference (in [0,1] units, RMS over the crop) at which similarity falls to 1/e
 MEM_F = len(ActionType) + 3 + (CROP_H // 4) * (CROP_W // 4) * 3  # features of one recalled neighbour (a token)
 
