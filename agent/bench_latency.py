@@ -36,7 +36,6 @@ def main(argv: list[str], prog: str) -> int:
     import tempfile
 
     from agent.learn_cli import LearnConfig, LearnRun, make_task_env
-    from agent.learner import ObsBatch
     from agent.policy import History
     from squirrel.config import parse
 
@@ -87,10 +86,8 @@ def main(argv: list[str], prog: str) -> int:
             t0 = time.perf_counter()
             frame = base._grab()
             t1 = time.perf_counter()
-            ob = ObsBatch(frame[None], [obs["instruction"]], tools=agent.tool_inputs(frame[None]),
-                          memory=agent.memory_inputs([obs["instruction"]]),
-                          history=[history.features()] if agent.cfg.history else None)
-            a = agent.act(ob)[0]
+            # as the learner decides: Agent._forward adds the offered tools and the recalled memory it is not given
+            a = agent.act(agent.obs_batch(dict(obs, screen=frame), history))[0]
             action = agent.policy.to_action(a)
             reason = env.check(action)
             t2 = time.perf_counter()
