@@ -140,6 +140,7 @@ class PolicyOutput(NamedTuple):
     success: torch.Tensor | None = None  # (B,N) success-map logits (success map on)
     affordance: torch.Tensor | None = None  # (B,N,16) affordance logits per patch and in-patch cell (affordance on)
     type_prior: torch.Tensor | None = None  # (B,9 or 10) fixed logits the type entropy bonus pulls toward (prior_entropy)
+    tool_point: torch.Tensor | None = None  # (B,T) bool: the slot's tool acts first where the policy points
 
 
 class ReadingMatcher(nn.Module):
@@ -402,9 +403,10 @@ class Policy(nn.Module):
             prior = cells(instr["recall"].amax(1).clamp(min=0))  # (B,N,16): 0 where nothing remembered matches
             sub_logits = sub_logits + self.recall_gain * prior
             patch_logits = patch_logits + (self.recall_gain * prior).amax(-1)
-        type_logits, tool_logits, tool_param = self.type_head(h) + type_prior + type_hist, None, None
+        type_logits, tool_logits, tool_param, tool_point = self.type_head(h) + type_prior + type_hist, None, None, None
         if hasattr(self, "tool_call"):  # (B,T,F) descriptors and (B,T) masks of the tools offered (agent/tools.py)
             desc, avail, tool_param = instr["tool_desc"], instr["tool_mask"], instr["tool_param"]
+            tool_point = instr.get("tool_point", torch.zeros_like(tool_param))
             tool_logits = torch.einsum("bd,btd->bt", self.tool_query(h), self.tool_key(desc)) / D ** 0.5
             tool_logits = tool_logits.masked_fill(~avail, neg)
             call = self.tool_call(h).masked_fill(~avail.any(1, keepdim=True), neg)  # (B,1)
@@ -412,7 +414,7 @@ class Policy(nn.Module):
             start_types = torch.cat([start_types, torch.full((B, 1), -1.0)], 1)
         return PolicyOutput(type_logits, key_logits, start_logits, len_logits, patch_logits, sub_logits,
                             pl2[..., 0], pl2[..., 1:], self.value_head(h)[..., 0], pooled, p_out, match, tool_logits,
-                            tool_param, success, affordance, start_types if self.prior_entropy else None)
+                            tool_param, success, affordance, start_types if self.prior_entropy else None, tool_point)
 
     def prepare(self, frames, instr: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """uint8 frames (B,H,W,3) and InstructionCache.batch() -> forward()'s inputs."""
@@ -470,11 +472,13 @@ class Policy(nn.Module):
         t_ent = t.entropy() if o.type_prior is None else t.entropy() + (t.probs * F.log_softmax(o.type_prior, -1)).sum(-1)
         ent = (t_ent + p_ptr * (pc.entropy() + sc.entropy()) / 2 + pt[:, ActionType.DRAG] * p2c.entropy() / 2
                + pt[:, ActionType.KEY] * key.entropy() + pt[:, ActionType.TYPE] * start.entropy())
-        if o.tool_logits is not None:  # a tool call: its slot, and the span it types if it takes one
+        if o.tool_logits is not None:  # a tool call: its slot, the span it types if it takes one, where it points if it does
             tc = Categorical(logits=o.tool_logits)
             is_tool = a.type == TOOL
             takes_span = is_tool & o.tool_param[ar, a.tool]
-            logp = logp + is_tool * tc.log_prob(a.tool) + takes_span * (start.log_prob(a.start) + length.log_prob(a.length))
+            takes_point = is_tool & o.tool_point[ar, a.tool]
+            logp = (logp + is_tool * tc.log_prob(a.tool) + takes_span * (start.log_prob(a.start) + length.log_prob(a.length))
+                    + takes_point * (pc.log_prob(pi) + sc.log_prob(si)))
             ent = ent + pt[:, TOOL] * tc.entropy()
         return logp, ent
 

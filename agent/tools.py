@@ -7,8 +7,11 @@ centre: memory.tools.crop_similarity), so a tool is found on a new screen by app
     slots: up to MAX_TOOLS active tools; each described to the policy by a fixed feature vector (TOOL_F):
            per step, its kind (one-hot), key (one-hot) and its target's appearance (4x12 grey), zero-padded
     mask:  a tool is offered on a screen only when its first step's target (if it starts with one) is found
-           on it (appearance similarity >= threshold); pruned and candidate tools are never offered
-    call:  the policy picks "call a tool", a slot and (for a tool that types) a span of the instruction; the
+           on it (appearance similarity >= threshold); pruned and candidate tools are never offered. A point
+           tool (its first step acts where the policy points: "click the option, then Submit") is offered when
+           its first target after that is on the screen
+    call:  the policy picks "call a tool", a slot, the point (for a point tool: its patch and sub-cell heads,
+           as for a click) and (for a tool that types) a span of the instruction; the
            steps then run one by one through the env (so through the gate), each target resolved on the screen
            it acts on; the call is one decision of the policy and ends early when a target is not found or the
            episode ends. Its statistics are updated: a call succeeds when every step ran
@@ -47,6 +50,7 @@ class ToolInputs(NamedTuple):
     desc: torch.Tensor  # (T,TOOL_F) the slots' descriptors (shared by every step until the library changes)
     mask: torch.Tensor  # (T,) bool: offered on this screen
     param: torch.Tensor  # (T,) bool: the tool types a span the policy chooses
+    point: torch.Tensor | None = None  # (T,) bool: the tool's first step acts where the policy points
 
 
 class ToolCall(NamedTuple):
@@ -76,11 +80,27 @@ def _centre(target: np.ndarray) -> np.ndarray:
     return target.reshape(CROP_H, CROP_W, 3)[CENTRE].astype(np.uint8)
 
 
+def points(tool: Tool) -> bool:
+    """Does the tool's first step act where the caller points (a point tool)?"""
+    return any(p.kind == "point" and p.step == 0 for p in tool.params)
+
+
+def _anchor(tool: Tool):
+    """The step whose target must be on the screen for the tool to be offered: its first step, or for a point
+    tool the next pointer step (None: offered on any screen)."""
+    j = 1 if points(tool) else 0
+    s = tool.steps[j] if j < len(tool.steps) else None
+    return s if s is not None and s.kind in _POINTER_KINDS else None
+
+
 def usable(tool: Tool) -> bool:
-    """Can the agent run this tool: crop targets, known keys, no drags, at most one span without a default."""
+    """Can the agent run this tool: crop targets (the first step of a point tool needs none), known keys, no
+    drags, at most one span without a default."""
     free = 0
-    for s in tool.steps:
+    for j, s in enumerate(tool.steps):
         if s.kind in _POINTER_KINDS:
+            if j == 0 and points(tool):
+                continue
             if s.target is None or s.target.size != CROP_N:
                 return False
         elif s.kind == "key":
@@ -113,6 +133,7 @@ class ToolSet:
         self.tools: list[Tool] = []
         self.desc = torch.zeros(MAX_TOOLS, TOOL_F)
         self.param = torch.zeros(MAX_TOOLS, dtype=torch.bool)
+        self.point = torch.zeros(MAX_TOOLS, dtype=torch.bool)
         self._stamp = None
         self.refresh()
 
@@ -127,10 +148,12 @@ class ToolSet:
         self.tools = active[:MAX_TOOLS]
         desc = torch.zeros(MAX_TOOLS, TOOL_F)
         param = torch.zeros(MAX_TOOLS, dtype=torch.bool)
+        point = torch.zeros(MAX_TOOLS, dtype=torch.bool)
         for i, t in enumerate(self.tools):
             desc[i] = describe(t)
             param[i] = any(s.kind == "type" and s.span is None for s in t.steps)
-        self.desc, self.param = desc, param  # new tensors: steps already taken keep the ones they saw
+            point[i] = points(t)
+        self.desc, self.param, self.point = desc, param, point  # new tensors: steps already taken keep the ones they saw
 
     def inputs(self, frame: np.ndarray) -> ToolInputs:
         """The tools offered on this screen. Reads which tools are active first, so a tool pruned (or demoted) a
@@ -138,15 +161,16 @@ class ToolSet:
         if self._active_stamp() != self._stamp:
             self.refresh()
         mask = torch.zeros(MAX_TOOLS, dtype=torch.bool)
-        starts = [(i, t.steps[0].target) for i, t in enumerate(self.tools) if t.steps[0].kind in _POINTER_KINDS]
-        for i, t in enumerate(self.tools):
-            mask[i] = t.steps[0].kind not in _POINTER_KINDS
+        anchors = [_anchor(t) for t in self.tools]
+        starts = [(i, a.target) for i, a in enumerate(anchors) if a is not None]
+        for i, a in enumerate(anchors):
+            mask[i] = a is None
         if starts:
             crops = np.stack([_centre(c) for _, c in starts])
             best = appearance_maps(frame, crops).flatten(1).amax(1)
             for (i, _), b in zip(starts, best):
                 mask[i] = bool(b >= self.threshold)
-        return ToolInputs(self.desc, mask, self.param)
+        return ToolInputs(self.desc, mask, self.param, self.point)
 
     def resolve(self, step, frame: np.ndarray) -> tuple[int, int] | None:
         """Where a target step acts on this screen: the centre of the best-matching 4-px cell, or None."""
@@ -156,9 +180,15 @@ class ToolSet:
         cy, cx = divmod(int(m.argmax()), m.shape[1])
         return cx * CELL + CELL // 2, cy * CELL + CELL // 2
 
-    def action(self, tool: Tool, j: int, frame: np.ndarray, span: tuple[int, int]) -> Action | None:
-        """Step j of the tool as a primitive action on this screen (None: its target is not on it)."""
+    def action(self, tool: Tool, j: int, frame: np.ndarray, span: tuple[int, int],
+               point: tuple[int, int] | None = None) -> Action | None:
+        """Step j of the tool as a primitive action on this screen (None: its target is not on it). `point`:
+        where a point tool's first step acts."""
         s = tool.steps[j]
+        if j == 0 and points(tool):
+            if point is None:
+                raise ValueError(f"tool {tool.id} acts where it is pointed: call it with a point")
+            return Action(_POINTER_KINDS[s.kind], int(point[0]), int(point[1]))
         if s.kind in _POINTER_KINDS:
             p = self.resolve(s, frame)
             return None if p is None else Action(_POINTER_KINDS[s.kind], p[0], p[1])
@@ -168,16 +198,17 @@ class ToolSet:
             return Action(ActionType.TYPE, span=s.span if s.span is not None else span)
         return Action(ActionType.DONE)
 
-    def call(self, slot: int, env, obs: dict, span: tuple[int, int], on_step) -> tuple[dict, ToolCall]:
+    def call(self, slot: int, env, obs: dict, span: tuple[int, int], on_step,
+             point: tuple[int, int] | None = None) -> tuple[dict, ToolCall]:
         """Run the tool in `slot` from `obs`: each step through `env.step`, then `on_step(obs, action, result)`
-        with the env's (next_obs, reward, terminated, truncated, info). Returns the last observation and the
-        call's record; the statistics are updated in the library."""
+        with the env's (next_obs, reward, terminated, truncated, info). `point`: where a point tool's first step
+        acts. Returns the last observation and the call's record; the statistics are updated in the library."""
         if not 0 <= slot < len(self.tools):
             raise ValueError(f"no tool in slot {slot} (the policy may only call offered tools)")
         tool = self.tools[slot]
         n, ok, reason = 0, True, ""
         for j in range(len(tool.steps)):
-            action = self.action(tool, j, obs["screen"], span)
+            action = self.action(tool, j, obs["screen"], span, point)
             if action is None:
                 ok, reason = False, f"step {j + 1}'s target is not on the screen"
                 break

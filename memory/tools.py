@@ -24,6 +24,12 @@ suffix terms keep a real routine from dragging random neighbours into it. Of nes
 candidates only the longest is kept unless a shorter one is clearly more frequent (closed
 patterns). So random episodes yield nothing, and a planted routine is found whole.
 
+Routines that differ only in where their first step acted are one routine whose first target is chosen
+when it is called: "click the radio, then Submit" is mined once per option, and two or more such tools
+(same kinds, same later steps) also give a point tool, token `click@*`, whose first step acts where the
+caller points (a `ToolParam` of kind "point"), its support the sum of theirs. Only the first step: a
+later target (a menu's item) is not on the screen yet when the caller decides.
+
 Tools have a status: candidate (found), active (approved; offered to the policy), pruned (never
 offered again and never re-created by mining, but kept on record). An active tool that fails
 `demote_after` calls in a row goes back to candidate.
@@ -44,6 +50,7 @@ from memory.db import AgentDB, check_thumbnail, from_blob, to_blob
 KINDS = ("click", "double_click", "right_click", "drag", "scroll_up", "scroll_down", "key", "type", "done")
 TARGET_KINDS = frozenset(KINDS[:6])
 STATUSES = ("candidate", "active", "pruned")
+POINT = "@*"  # token suffix of a step that acts where the tool's caller points (no target of its own)
 
 
 @dataclass
@@ -68,7 +75,7 @@ class ToolStep:
 
     def describe(self, ref: str | None = None) -> str:
         if self.kind in TARGET_KINDS:
-            what = f"{self.label}-like" if self.label else (ref or "target")
+            what = f"{self.label}-like" if self.label else (ref or ("target" if self.target is not None else "point"))
             return f"{self.kind}[{what}]"
         if self.kind == "key":
             return f"key {self.key}"
@@ -81,7 +88,7 @@ class ToolStep:
 class ToolParam:
     name: str
     step: int  # index of the step it feeds
-    kind: str = "span"  # an instruction span, chosen when the tool is called
+    kind: str = "span"  # "span": an instruction span; "point": where its (first, pointer) step acts; chosen at the call
     default: tuple[int, int] | None = None  # the span every source episode typed, if they agreed
 
 
@@ -360,7 +367,7 @@ class ToolLibrary:
         n = sum(len(ids) for ids in cl.ids.values())
         if n > self.max_targets:
             in_tools = {int(t.split("@")[1]) for (sig,) in c.execute("SELECT signature FROM tools").fetchall()
-                        for t in sig.split() if "@" in t}
+                        for t in sig.split() if "@" in t and not t.endswith(POINT)}
             drop = [cid for ids in cl.ids.values() for cid in ids if cl.counts[cid] == 1 and cid not in in_tools]
             drop = set(sorted(drop)[:n - self.max_targets])
             c.executemany("DELETE FROM tool_targets WHERE id = ?", [(cid,) for cid in drop])
@@ -466,7 +473,19 @@ class ToolLibrary:
                             and any(h[i:i + n] == g for i in range(len(h) - n + 1)) for h in significant)
             if not dominated:
                 closed.append(g)
-        return [self._upsert(g, where[g], infos, episode_ids) for g in sorted(closed, key=lambda g: (-len(g), g))]
+        ids = [self._upsert(g, where[g], infos, episode_ids) for g in sorted(closed, key=lambda g: (-len(g), g))]
+        # the same routine from different first targets: one point tool (the caller chooses where its first step acts)
+        alike: dict[tuple, list[tuple]] = {}
+        for g in closed:
+            if len(g) >= 2 and "@" in g[0]:
+                alike.setdefault((g[0].split("@")[0] + POINT,) + g[1:], []).append(g)
+        for p, gs in sorted(alike.items()):
+            if len(gs) >= 2:
+                first = {}  # one occurrence per episode, as for any tool
+                for e, at in sorted(o for g in gs for o in where[g]):
+                    first.setdefault(e, (e, at))
+                ids.append(self._upsert(p, list(first.values()), infos, episode_ids))
+        return ids
 
     def _upsert(self, g: tuple, occurrences: list[tuple[int, int]], infos, episode_ids) -> int:
         cl = self._load_clusters()
@@ -476,7 +495,10 @@ class ToolLibrary:
             kind = tok.split("@")[0].split(":")[0]
             step = ToolStep(kind=kind)
             ref = None
-            if kind in TARGET_KINDS:
+            if tok.endswith(POINT):
+                ref = "point"
+                params.append(ToolParam(ref, j, "point"))
+            elif kind in TARGET_KINDS:
                 cid = int(tok.split("@")[1])
                 step.target = cl.centroid(cid)
                 step.thumbnail = cl.thumbs.get(cid)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from agent.actions import ActionType, find_span
+from agent.actions import Action, ActionType, find_span
 from agent.fake import COLOURS, FakeDesktopEnv
 from agent.learner import Agent, AgentConfig, ObsBatch, execute
 from agent.policy import TOOL, ActionBatch
@@ -197,3 +197,58 @@ def test_only_points_that_did_something_are_kept_as_targets_to_mine(tmp_path):
                 assert (s.target is not None) == did, (n, s.action)
                 seen["kept" if did else "missed"] += 1
     assert seen["missed"] and seen["kept"]  # successes with a missed click on the way, and their real targets
+
+
+class Pick:
+    """A red, green or yellow box to pick, then the blue box: "click the named box, then Submit" in small."""
+
+    def __init__(self, frame):
+        self.frame, self.clicked = frame, []
+
+    def step(self, action):
+        self.clicked.append((action.type, action.x, action.y))
+        return {"screen": self.frame.copy(), "instruction": "Pick green, then blue."}, 0.0, len(self.clicked) == 2, False, {}
+
+
+def test_routines_that_differ_only_in_their_first_target_give_a_point_tool_the_policy_aims(db):
+    lib = ToolLibrary(db, target_match="crop", auto_activate=3)
+    rng = np.random.default_rng(2)
+    eps = []
+    for i in range(30):  # click the red, green or yellow box (one routine per colour), then the blue box
+        (x, y), (x2, y2) = rng.integers(0, 60, 2), rng.integers(0, 60, 2) + [90, 120]
+        f = box_frame("blue", int(x2), int(y2)) & box_frame(("red", "green", "yellow")[i % 3], int(x), int(y))
+        eps.append([ToolStep("key", key=str(k)) for k in rng.choice(NOISE, 2, replace=False)]
+                   + [ToolStep("click", target=target_crop(f, int(x) + 12, int(y) + 12)),
+                      ToolStep("click", target=target_crop(f, int(x2) + 12, int(y2) + 12))])
+    ids = lib.mine(eps)
+    tools = [lib.get(t) for t in ids]
+    point = [t for t in tools if t.params]
+    assert len(tools) == 4 and len(point) == 1, [t.name for t in tools]  # one per colour, and the routine itself
+    (pt,) = point
+    assert [(p.kind, p.step) for p in pt.params] == [("point", 0)] and pt.steps[0].target is None
+    assert pt.support == 30 and pt.name.startswith("click[point] → click[")
+    ts = ToolSet(lib)
+    slot = [t.id for t in ts.tools].index(pt.id)
+    assert ts.tools[0].id == pt.id  # the most support first
+    frame = box_frame("blue", 120, 170) & box_frame("green", 20, 30)
+    inputs = ts.inputs(frame)
+    assert inputs.mask[slot] and inputs.point.tolist().count(True) == 1 and inputs.point[slot]
+    assert not ts.inputs(box_frame("green", 20, 30)).mask[slot]  # offered only where its next target is
+    # the policy's point heads aim its first step: the green box (no routine started there), then the blue one
+    agent = Agent(AgentConfig(encoder=TINY, threads=1, tools=True, memory=False))
+    agent.tools = ts
+    aim = agent.policy.from_action(Action(ActionType.CLICK, 30, 40))
+    call = tool_call(slot, (0, 0))._replace(patch=torch.tensor([aim["patch"]]), sub=torch.tensor([aim["sub"]]))
+    env = Pick(frame)
+    execute(agent, env, {"screen": frame, "instruction": "Pick green, then blue."}, call)
+    (t1, x1, y1), (t2, x2, y2) = env.clicked
+    assert t1 == t2 == ActionType.CLICK and 20 <= x1 < 44 and 30 <= y1 < 54 and 120 <= x2 < 144 and 170 <= y2 < 194
+    assert lib.get(pt.id).calls == 1 and lib.get(pt.id).successes == 1
+    # its log-probability counts where it pointed; a tool with a target of its own does not
+    ob = ObsBatch(frame[None], ["Pick green, then blue."], tools=[inputs])
+    other = next(i for i in range(len(ts.tools)) if i != slot and inputs.mask[i])  # click[green-like] -> click[blue]
+    elsewhere = call._replace(patch=call.patch + 1)
+    with torch.no_grad():
+        assert agent.evaluate(ob, call).logp != agent.evaluate(ob, elsewhere).logp
+        c2 = call._replace(tool=torch.tensor([other]))
+        assert agent.evaluate(ob, c2).logp == agent.evaluate(ob, c2._replace(patch=c2.patch + 1)).logp
