@@ -33,7 +33,7 @@ class DemoConfig:
     seed: int = 0
     """Random seed."""
     pretrain: bool = True
-    """First make the reading prior the agent starts from (`squirrel pretrain`: once per machine, about 4 minutes;
+    """First make the reading prior the agent starts from (`squirrel pretrain`: once per machine, 4-10 minutes by machine;
     screens it draws itself, no labels, no downloads) when the cache has none for this encoder."""
     agent: AgentConfig = field(default_factory=AgentConfig)
 
@@ -98,7 +98,7 @@ def _ensure_prior(encoder: str) -> None:
     try:
         find_prior(encoder)
     except UserError:
-        print("squirrel demo: first the reading prior the agent starts from (once per machine, about 4 minutes): "
+        print("squirrel demo: first the reading prior the agent starts from (once per machine, 4-10 minutes by machine): "
               "finding words on GUI screens it draws itself")
         pretrain(PretrainConfig(encoder=encoder))
 

@@ -195,7 +195,7 @@ def _pretrained(cfg: AgentConfig) -> str | None:
         if cfg.encoder not in _NOTED:
             _NOTED.add(cfg.encoder)
             print(f"squirrel: no reading prior for encoder {Path(cfg.encoder).stem} yet, so the agent starts from random "
-                  "init; `squirrel pretrain` makes one once (about 4 minutes here) and later runs start from it")
+                  "init; `squirrel pretrain` makes one once (4-10 minutes by machine) and later runs start from it")
         return None
 
 
