@@ -249,8 +249,8 @@ class Agent:
         if self.tools is None:
             from agent.tools import MAX_TOOLS, TOOL_F, ToolInputs
 
-            none = ToolInputs(torch.zeros(MAX_TOOLS, TOOL_F), torch.zeros(MAX_TOOLS, dtype=torch.bool),
-                              torch.zeros(MAX_TOOLS, dtype=torch.bool))
+            off = torch.zeros(MAX_TOOLS, dtype=torch.bool)
+            none = ToolInputs(torch.zeros(MAX_TOOLS, TOOL_F), off, off, off)
             return [none] * len(frames)
         return [self.tools.inputs(f) for f in frames]
 
@@ -297,7 +297,7 @@ class Agent:
             tin = obs.tools if obs.tools is not None else self.tool_inputs(obs.frames)
             instr = dict(instr, tool_desc=torch.stack([t.desc for t in tin]), tool_mask=torch.stack([t.mask for t in tin]),
                          tool_param=torch.stack([t.param for t in tin]),
-                         tool_point=torch.stack([torch.zeros_like(t.param) if t.point is None else t.point for t in tin]))
+                         tool_point=torch.stack([t.point for t in tin]))
         if self.cfg.history and obs.history is not None:
             start = History().features()
             instr = dict(instr, history=torch.stack([start if h is None else h for h in obs.history]))
@@ -673,8 +673,9 @@ def execute(agent: Agent, env, obs: dict, a: ActionBatch):
         rewards.append(float(result[1]))
         last[:] = result
 
-    start, point = int(a.start[0]), agent.policy.to_action(a._replace(type=torch.full_like(a.type, int(ActionType.CLICK))))
-    agent.tools.call(int(a.tool[0]), env, obs, (start, start + int(a.length[0])), on_step, (point.x, point.y))
+    start = int(a.start[0])
+    point = agent.policy.point(a.patch[0], a.sub[0])  # where a point tool's first step acts
+    agent.tools.call(int(a.tool[0]), env, obs, (start, start + int(a.length[0])), on_step, point)
     g = agent.cfg.gamma
     reward = sum(r * g ** i for i, r in enumerate(rewards))
     return last[0], reward, last[2], last[3], last[4], prims

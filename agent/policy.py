@@ -406,7 +406,7 @@ class Policy(nn.Module):
         type_logits, tool_logits, tool_param, tool_point = self.type_head(h) + type_prior + type_hist, None, None, None
         if hasattr(self, "tool_call"):  # (B,T,F) descriptors and (B,T) masks of the tools offered (agent/tools.py)
             desc, avail, tool_param = instr["tool_desc"], instr["tool_mask"], instr["tool_param"]
-            tool_point = instr.get("tool_point", torch.zeros_like(tool_param))
+            tool_point = instr["tool_point"]
             tool_logits = torch.einsum("bd,btd->bt", self.tool_query(h), self.tool_key(desc)) / D ** 0.5
             tool_logits = tool_logits.masked_fill(~avail, neg)
             call = self.tool_call(h).masked_fill(~avail.any(1, keepdim=True), neg)  # (B,1)
@@ -483,17 +483,18 @@ class Policy(nn.Module):
         return logp, ent
 
     # -- pixels <-> actions --------------------------------------------------------------------------
+    def point(self, patch, sub) -> tuple[int, int]:
+        """The pixel a patch and sub-cell choice points at (the centre of that sub-cell)."""
+        gh, gw = self.grid
+        p, s = int(patch), int(sub)
+        step = self.patch // SUB
+        return (p % gw) * self.patch + (s % SUB) * step + step // 2, (p // gw) * self.patch + (s // SUB) * step + step // 2
+
     def to_action(self, a: ActionBatch, i: int = 0) -> Action:
         """The env action for row i of a batch (pixel points from patch + sub-cell)."""
-        def point(patch, sub):
-            gh, gw = self.grid
-            p, s = int(patch), int(sub)
-            step = self.patch // SUB
-            return (p % gw) * self.patch + (s % SUB) * step + step // 2, (p // gw) * self.patch + (s // SUB) * step + step // 2
-
         t = ActionType(int(a.type[i]))
-        x, y = point(a.patch[i], a.sub[i])
-        x2, y2 = point(a.patch2[i], a.sub2[i])
+        x, y = self.point(a.patch[i], a.sub[i])
+        x2, y2 = self.point(a.patch2[i], a.sub2[i])
         start = int(a.start[i])
         return Action(t, x, y, x2, y2, KEYS[int(a.key[i])] if t == ActionType.KEY else "", (start, start + int(a.length[i])))
 

@@ -50,7 +50,7 @@ class ToolInputs(NamedTuple):
     desc: torch.Tensor  # (T,TOOL_F) the slots' descriptors (shared by every step until the library changes)
     mask: torch.Tensor  # (T,) bool: offered on this screen
     param: torch.Tensor  # (T,) bool: the tool types a span the policy chooses
-    point: torch.Tensor | None = None  # (T,) bool: the tool's first step acts where the policy points
+    point: torch.Tensor  # (T,) bool: the tool's first step acts where the policy points
 
 
 class ToolCall(NamedTuple):
@@ -134,6 +134,7 @@ class ToolSet:
         self.desc = torch.zeros(MAX_TOOLS, TOOL_F)
         self.param = torch.zeros(MAX_TOOLS, dtype=torch.bool)
         self.point = torch.zeros(MAX_TOOLS, dtype=torch.bool)
+        self._anchors: list = []  # per slot, the step whose target must be on a screen to offer it (_anchor)
         self._stamp = None
         self.refresh()
 
@@ -154,6 +155,7 @@ class ToolSet:
             param[i] = any(s.kind == "type" and s.span is None for s in t.steps)
             point[i] = points(t)
         self.desc, self.param, self.point = desc, param, point  # new tensors: steps already taken keep the ones they saw
+        self._anchors = [_anchor(t) for t in self.tools]
 
     def inputs(self, frame: np.ndarray) -> ToolInputs:
         """The tools offered on this screen. Reads which tools are active first, so a tool pruned (or demoted) a
@@ -161,9 +163,8 @@ class ToolSet:
         if self._active_stamp() != self._stamp:
             self.refresh()
         mask = torch.zeros(MAX_TOOLS, dtype=torch.bool)
-        anchors = [_anchor(t) for t in self.tools]
-        starts = [(i, a.target) for i, a in enumerate(anchors) if a is not None]
-        for i, a in enumerate(anchors):
+        starts = [(i, a.target) for i, a in enumerate(self._anchors) if a is not None]
+        for i, a in enumerate(self._anchors):
             mask[i] = a is None
         if starts:
             crops = np.stack([_centre(c) for _, c in starts])
